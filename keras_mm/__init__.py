@@ -1,5 +1,7 @@
 """keras_mm: multistep distillation of diffusion models via moment matching, for Keras 3."""
 
+from keras_mm import diffusion  # noqa: F401
 from keras_mm.diffusion import CosineSchedule  # noqa: F401
+from keras_mm.models import DiffusionModel  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,0 +1,142 @@
+"""Gradients and JVPs of functions of Keras variables, on JAX, TensorFlow and PyTorch.
+
+Functions here take *values* for a list of `keras.Variable`s and evaluate `fn` with the
+variables bound to those values through a `keras.StatelessScope`, so any Keras layer or model
+can be differentiated with respect to its weights without `stateless_call` plumbing. Values
+of other variables already bound by an enclosing scope stay bound.
+"""
+
+import contextlib
+
+import keras
+from keras import ops
+
+_BACKEND = keras.backend.backend()
+
+
+@contextlib.contextmanager
+def bound(variables, values):
+    """A `StatelessScope` binding `variables` to `values`, inheriting an enclosing scope."""
+    outer = keras.src.backend.common.stateless_scope.get_stateless_scope()
+    scope = keras.StatelessScope(initialize_variables=False)
+    if outer is not None:
+        scope.state_mapping.update(outer.state_mapping)
+    for variable, value in zip(variables, values):
+        scope.state_mapping[id(variable)] = value
+    with scope:
+        yield scope
+
+
+def variable_values(variables):
+    """Current values of `variables`, honouring an enclosing `StatelessScope`."""
+    return [ops.convert_to_tensor(v.value) for v in variables]
+
+
+def _publish(updates):
+    """Write non-differentiated variable updates (e.g. RNG seeds) back to the caller's state."""
+    outer = keras.src.backend.common.stateless_scope.get_stateless_scope()
+    for variable, value in updates:
+        if outer is not None:
+            outer.add_update((variable, value))
+        else:
+            variable.assign(value)
+
+
+def _collect_updates(scope, watch):
+    return [
+        (v, scope.state_mapping[id(v)])
+        for v, before in watch
+        if scope.state_mapping.get(id(v)) is not before
+    ]
+
+
+def value_and_grad(fn, variables, state_variables=()):
+    """Return `f(*args) -> (loss, aux, grads)` with grads of `fn`'s loss w.r.t. `variables`.
+
+    Args:
+        fn: `fn(*args) -> (loss, aux)`; it may call any layer whose weights are in
+            `variables`. `loss` is a scalar.
+        variables: the `keras.Variable`s to differentiate with respect to.
+        state_variables: non-trainable variables that `fn` may update (seed generators,
+            normalisation statistics); their new values are written back afterwards.
+
+    Returns:
+        A function of `*args` returning `(loss, aux, grads)`, grads aligned with `variables`.
+    """
+    variables = list(variables)
+    state_variables = [v for v in state_variables if id(v) not in {id(x) for x in variables}]
+
+    def run(values, args):
+        watch = [(v, ops.convert_to_tensor(v.value)) for v in state_variables]
+        with bound(state_variables + variables, [w for _, w in watch] + list(values)) as scope:
+            loss, aux = fn(*args)
+        return loss, (aux, _collect_updates(scope, watch))
+
+    if _BACKEND == "jax":
+        import jax
+
+        def wrapped(*args):
+            values = variable_values(variables)
+            (loss, (aux, updates)), grads = jax.value_and_grad(
+                lambda vals: run(vals, args), has_aux=True
+            )(values)
+            _publish(updates)
+            return loss, aux, grads
+
+    elif _BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        def wrapped(*args):
+            values = variable_values(variables)
+            with tf.GradientTape() as tape:
+                tape.watch(values)
+                loss, (aux, updates) = run(values, args)
+            grads = tape.gradient(
+                loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO
+            )
+            _publish(updates)
+            return loss, aux, grads
+
+    elif _BACKEND == "torch":
+        import torch
+
+        def wrapped(*args):
+            values = [v.detach().requires_grad_(True) for v in variable_values(variables)]
+            with torch.enable_grad():
+                loss, (aux, updates) = run(values, args)
+                grads = torch.autograd.grad(loss, values, allow_unused=True)
+            grads = [torch.zeros_like(v) if g is None else g for g, v in zip(grads, values)]
+            aux = keras.tree.map_structure(
+                lambda x: x.detach() if isinstance(x, torch.Tensor) else x, aux
+            )
+            _publish([(v, x.detach()) for v, x in updates])
+            return loss.detach(), aux, grads
+
+    else:
+        raise NotImplementedError(
+            f"keras_mm supports the jax, tensorflow and torch backends, not {_BACKEND!r}."
+        )
+    return wrapped
+
+
+def jvp(fn, variables, tangents):
+    """Jacobian-vector product of `fn()` w.r.t. `variables` along `tangents`.
+
+    Args:
+        fn: `fn() -> tensor`, calling layers whose weights are in `variables`.
+        variables: the `keras.Variable`s (primal point: their current values).
+        tangents: one tensor per variable.
+
+    Returns:
+        `(output, jvp)`: `fn()` and J_variables fn . tangents.
+    """
+    variables = list(variables)
+    primals = variable_values(variables)
+
+    def f(values):
+        with bound(variables, values):
+            return fn()
+
+    tangents = [ops.cast(t, p.dtype) for t, p in zip(tangents, primals)]
+    out, tangent_out = ops.jvp(f, (primals,), (tangents,))
+    return out, tangent_out

@@ -1,0 +1,407 @@
+"""`DiffusionModel`: a denoiser network plus a schedule; trains as a teacher and samples."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_mm.backend import IterationTrainer, value_and_grad
+from keras_mm.diffusion import process, samplers, time_sampling
+from keras_mm.diffusion.schedules import CosineSchedule
+
+CONDITION_KEYS = ("labels", "text_embeddings", "text_mask")
+
+
+def per_example_mean_square(x):
+    """Mean of squares over all axes but the batch axis: ||x||^2 / dim, per example."""
+    return ops.mean(ops.square(x), axis=tuple(range(1, len(x.shape))))
+
+
+def unpack_batch(data):
+    """Split a training element into `(images, condition)`.
+
+    Accepts `images`, `(images,)`, `(images, labels)`, `(images, labels, sample_weight)`,
+    and `{"images": ..., "labels" | "text_embeddings" + "text_mask": ...}` (alone or as the
+    first element of a tuple).
+    """
+    x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
+    if isinstance(x, dict):
+        if "images" not in x:
+            raise ValueError(
+                f"A dict batch needs an 'images' key; got keys {sorted(x)}. Use "
+                "{'images': ..., 'labels': ...} or {'images': ..., 'text_embeddings': ..., "
+                "'text_mask': ...}."
+            )
+        unknown = set(x) - {"images", *CONDITION_KEYS}
+        if unknown:
+            raise ValueError(
+                f"Unknown keys {sorted(unknown)} in the batch; expected 'images' and any of "
+                f"{CONDITION_KEYS}."
+            )
+        return x["images"], {k: x[k] for k in CONDITION_KEYS if k in x}
+    return x, ({} if y is None else {"labels": y})
+
+
+@keras.saving.register_keras_serializable(package="keras_mm")
+class DiffusionModel(IterationTrainer, keras.Model):
+    """A diffusion model: a denoiser network, a logSNR schedule and the x-prediction it implies.
+
+    The network predicts `prediction_type` (v by default) from `{"noisy", "logsnr", ...}`;
+    `denoise` turns that into x-hat = E[x | z_t]. `fit` trains it as a teacher with the
+    weighted denoising loss w(t) ||x - x-hat||^2 (t ~ U[0, 1], the v-loss weight SNR + 1 by
+    default), dropping the condition with probability `condition_dropout` so that
+    classifier-free guidance works. `sample` runs Algorithm 1 (or DDIM) for `num_steps`.
+
+    Args:
+        network: a denoiser network (`keras_mm.UViT`, `keras_mm.MLPDenoiser`, or any
+            `keras.Model` taking the dict `{"noisy", "logsnr", "labels"?, "text_embeddings"?,
+            "text_mask"?}` and having `image_shape`, `num_classes` and `text_dim`).
+        schedule: a `CosineSchedule`; defaults to one shifted for the image size.
+        prediction_type: what the network predicts: "v", "eps" or "x".
+        loss_weighting: teacher-loss weight w(logSNR): "v" (SNR + 1), "edm" or "flat".
+        condition_dropout: probability of replacing a label / caption by the null
+            condition during training (for classifier-free guidance).
+        seed: seed of the model's random draws during training.
+
+    Example:
+    ```python
+    network = keras_mm.UViT.from_preset("uvit_digits")
+    teacher = keras_mm.DiffusionModel(network)
+    teacher.compile()
+    teacher.fit(keras_mm.datasets.load_digits_dataset(batch_size=128), epochs=10)
+    images = teacher.sample(labels=[0, 1, 2], num_steps=64, seed=0)
+    ```
+
+    References:
+        Salimans et al. 2024, §2.1 and Algorithm 1; Hoogeboom et al. 2023 (simple diffusion).
+    """
+
+    def __init__(
+        self,
+        network,
+        schedule=None,
+        prediction_type="v",
+        loss_weighting="v",
+        condition_dropout=0.1,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(network, keras.Model) or not hasattr(network, "image_shape"):
+            raise ValueError(
+                "`network` must be a keras.Model with an `image_shape` attribute (e.g. "
+                f"keras_mm.UViT or keras_mm.MLPDenoiser); got {type(network).__name__}."
+            )
+        if prediction_type not in process.PREDICTION_TYPES:
+            raise ValueError(
+                f"Unknown prediction_type {prediction_type!r}; expected one of "
+                f"{process.PREDICTION_TYPES}."
+            )
+        if loss_weighting not in time_sampling.WEIGHTINGS:
+            raise ValueError(
+                f"Unknown loss_weighting {loss_weighting!r}; expected one of "
+                f"{sorted(time_sampling.WEIGHTINGS)}."
+            )
+        if not 0.0 <= condition_dropout < 1.0:
+            raise ValueError(f"`condition_dropout` must be in [0, 1), got {condition_dropout}.")
+        self.network = network
+        self.image_shape = tuple(network.image_shape)
+        self.num_classes = getattr(network, "num_classes", None)
+        self.text_dim = getattr(network, "text_dim", None)
+        if schedule is None:
+            image_size = self.image_shape[0] if len(self.image_shape) == 3 else None
+            schedule = CosineSchedule(image_size=image_size)
+        if isinstance(schedule, dict):
+            schedule = keras.saving.deserialize_keras_object(schedule)
+        self.schedule = schedule
+        self.prediction_type = prediction_type
+        self.loss_weighting = loss_weighting
+        self.condition_dropout = condition_dropout
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._build_network()
+
+    # ------------------------------------------------------------------ conditioning
+    def _build_network(self):
+        """Create the network's weights with one dummy call, so the model is built at once."""
+        if not self.network.built or not self.network.weights:
+            condition = self.null_condition(1)
+            self.network(self._network_inputs(ops.zeros((1,) + self.image_shape),
+                                              ops.zeros((1,)), condition))
+        self.built = True
+
+    def null_condition(self, batch_size):
+        """The unconditional input: the null label / an all-padding caption / nothing."""
+        condition = {}
+        if self.num_classes is not None:
+            condition["labels"] = ops.full((batch_size,), self.num_classes, "int32")
+        if self.text_dim is not None:
+            length = getattr(self.network, "text_length", 1) or 1
+            condition["text_embeddings"] = ops.zeros((batch_size, length, self.text_dim))
+            condition["text_mask"] = ops.zeros((batch_size, length), "bool")
+        return condition
+
+    def check_condition(self, condition, batch_size=None):
+        """Raise a clear ValueError when `condition` does not fit this model."""
+        condition = dict(condition or {})
+        if "labels" in condition and self.num_classes is None:
+            raise ValueError(
+                "Labels were given, but this model is unconditional (its network has "
+                "num_classes=None). Drop the labels or build the network with num_classes."
+            )
+        if "text_embeddings" in condition and self.text_dim is None:
+            raise ValueError(
+                "Text conditioning was given, but this model was built without it (network "
+                "text_dim=None). Build the network with text_dim=... to condition on text."
+            )
+        if self.num_classes is not None and "labels" not in condition:
+            raise ValueError(
+                f"This model is class-conditional ({self.num_classes} classes): pass labels "
+                f"(integers in [0, {self.num_classes})), or labels={self.num_classes} for "
+                "unconditional samples."
+            )
+        if self.text_dim is not None and "text_embeddings" not in condition:
+            raise ValueError(
+                "This model is text-conditional: pass text_embeddings and text_mask."
+            )
+        if "labels" in condition:
+            labels = condition["labels"]
+            try:
+                values = np.asarray(ops.convert_to_numpy(labels))
+            except Exception:  # symbolic tensor inside a compiled function: checked at entry
+                values = None
+            if values is not None:
+                if values.ndim != 1:
+                    raise ValueError(f"labels must be a vector [B]; got shape {values.shape}.")
+                # The null label num_classes is allowed (classifier-free guidance).
+                if values.size and (values.min() < 0 or values.max() > self.num_classes):
+                    raise ValueError(
+                        f"labels must be in [0, {self.num_classes}) (or {self.num_classes} for "
+                        f"the null label); got values in [{values.min()}, {values.max()}]."
+                    )
+                if batch_size is not None and values.shape[0] != batch_size:
+                    raise ValueError(
+                        f"Got {values.shape[0]} labels for a batch of {batch_size} images."
+                    )
+            condition["labels"] = ops.cast(labels, "int32")
+        return condition
+
+    def check_images(self, images):
+        if tuple(images.shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"Images of shape {tuple(images.shape)} do not match the network's "
+                f"image_shape {self.image_shape} (batch first, channels last). Resize the "
+                "data or build the network with the matching image_shape."
+            )
+
+    def _network_inputs(self, noisy, logsnr, condition):
+        return {"noisy": noisy, "logsnr": logsnr, **condition}
+
+    # ------------------------------------------------------------------ the denoiser
+    def denoise(self, noisy, logsnr, condition=None, training=False):
+        """x-hat = E[x | z_t] from the network's prediction.
+
+        Args:
+            noisy: z_t, shape [B, *image_shape].
+            logsnr: logSNR(t), shape [B].
+            condition: dict with "labels" and/or "text_embeddings"/"text_mask", or None.
+            training: enables dropout.
+
+        Returns:
+            x-hat of shape [B, *image_shape].
+        """
+        prediction = self.network(
+            self._network_inputs(noisy, logsnr, condition or {}), training=training
+        )
+        return process.x_from_prediction(
+            prediction, noisy, process.broadcast_to_data(logsnr, noisy), self.prediction_type
+        )
+
+    def guided_denoise(self, noisy, logsnr, condition=None, guidance_scale=0.0, clip=False):
+        """`denoise` with classifier-free guidance and optional clipping of x-hat to [-1, 1]."""
+        x_hat = self.denoise(noisy, logsnr, condition)
+        if guidance_scale:
+            if not condition:
+                raise ValueError("guidance_scale != 0 needs a conditional model and condition.")
+            x_null = self.denoise(noisy, logsnr, self.null_condition(ops.shape(noisy)[0]))
+            x_hat = samplers.apply_guidance(x_hat, x_null, guidance_scale)
+        if clip:
+            x_hat = samplers.clip_prediction(x_hat)
+        return x_hat
+
+    def call(self, inputs, training=False):
+        """Keras entry point: `inputs` is the network's dict; returns x-hat."""
+        condition = {k: inputs[k] for k in CONDITION_KEYS if k in inputs}
+        return self.denoise(inputs["noisy"], inputs["logsnr"], condition, training=training)
+
+    # ------------------------------------------------------------------ teacher training
+    def loss_weight(self, logsnr):
+        return time_sampling.WEIGHTINGS[self.loss_weighting](logsnr)
+
+    def denoising_loss(self, images, logsnr, noise, condition, training=True):
+        """Per-example w(logSNR) ||x - x-hat(z_t)||^2 / dim (the teacher's loss L_theta)."""
+        images = ops.convert_to_tensor(images, "float32")
+        noisy = process.diffuse(images, process.broadcast_to_data(logsnr, images), noise)
+        x_hat = self.denoise(noisy, logsnr, condition, training=training)
+        return self.loss_weight(logsnr) * per_example_mean_square(images - x_hat)
+
+    def drop_condition(self, condition, batch_size):
+        """Replace each example's condition by the null one with prob. `condition_dropout`."""
+        if not condition or not self.condition_dropout:
+            return condition
+        keep = keras.random.uniform((batch_size,), seed=self.seed_generator)
+        keep = keep >= self.condition_dropout
+        null = self.null_condition(batch_size)
+        dropped = {}
+        for key, value in condition.items():
+            mask = ops.reshape(keep, (-1,) + (1,) * (len(value.shape) - 1))
+            if key == "text_embeddings":
+                dropped[key] = value  # the null caption is signalled by an empty mask
+            elif key == "text_mask":
+                dropped[key] = ops.logical_and(ops.cast(value, "bool"), mask)
+            else:
+                dropped[key] = ops.where(mask, value, null[key])
+        return dropped
+
+    def iteration(self, data):
+        images, condition = unpack_batch(data)
+        self.check_images(images)
+        images = ops.cast(images, "float32")
+        condition = self.check_condition(condition)
+        batch_size = ops.shape(images)[0]
+        t = keras.random.uniform((batch_size,), seed=self.seed_generator)
+        noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        condition = self.drop_condition(condition, batch_size)
+        logsnr = self.schedule.logsnr(t)
+
+        def loss_fn():
+            return ops.mean(self.denoising_loss(images, logsnr, noise, condition)), None
+
+        variables = self.network.trainable_variables
+        loss, _, grads = value_and_grad(loss_fn, variables, self.non_trainable_variables)()
+        self.optimizer.apply(grads, variables)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def compile(self, optimizer=None, **kwargs):
+        """Compile for teacher training. Default: Adam(1e-3, global_clipnorm=1)."""
+        if optimizer is None:
+            optimizer = keras.optimizers.Adam(learning_rate=1e-3, global_clipnorm=1.0)
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config):
+        """Restore the compiled optimizer (and its state) when a `.keras` file is loaded."""
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.network.trainable_variables)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
+        if isinstance(x, np.ndarray) or isinstance(x, dict) and isinstance(
+            x.get("images"), np.ndarray
+        ):
+            images = x["images"] if isinstance(x, dict) else x
+            self.check_images(images)
+            if not np.all(np.isfinite(images)):
+                bad = int(np.sum(~np.isfinite(images).reshape(len(images), -1).any(axis=1)))
+                raise ValueError(
+                    f"The training images contain NaN or inf values ({bad} examples); clean "
+                    "the data before fit."
+                )
+            labels = x.get("labels") if isinstance(x, dict) else y
+            if labels is not None:
+                labels = np.asarray(labels)
+                if labels.min() < 0 or labels.max() >= (self.num_classes or 0):
+                    raise ValueError(
+                        f"Training labels must be in [0, {self.num_classes}); got "
+                        f"[{labels.min()}, {labels.max()}]."
+                    )
+        return super().fit(x, y, *args, **kwargs)
+
+    # ------------------------------------------------------------------ sampling
+    def sample(
+        self,
+        num_samples=None,
+        labels=None,
+        condition=None,
+        num_steps=256,
+        sampler="ancestral",
+        guidance_scale=0.0,
+        clip=False,
+        seed=None,
+        noise=None,
+    ):
+        """Draw samples with Algorithm 1 (`sampler="ancestral"`) or DDIM.
+
+        Args:
+            num_samples: batch size for unconditional models (ignored when labels or
+                condition fix it).
+            labels: int labels [B] for class-conditional models.
+            condition: a condition dict (e.g. text embeddings and mask) instead of labels.
+            num_steps: k, the number of network evaluations (x2 with guidance).
+            sampler: "ancestral" (Algorithm 1) or "ddim".
+            guidance_scale: classifier-free guidance weight w (0 = none).
+            clip: clip x-hat to [-1, 1] at every step.
+            seed: int seed of all noise; the same seed gives the same samples.
+            noise: explicit standard-normal noise of shape
+                [num_noise_draws(sampler, num_steps), B, *image_shape] instead of `seed`.
+
+        Returns:
+            Samples of shape [B, *image_shape], roughly in [-1, 1].
+        """
+        samplers.check_num_steps(num_steps)
+        condition = dict(condition or {})
+        if labels is not None:
+            condition["labels"] = ops.convert_to_tensor(np.asarray(labels), "int32")
+        batch_size = self._batch_size(num_samples, condition, noise)
+        condition = self.check_condition(condition, batch_size)
+        if noise is None:
+            shape = (samplers.num_noise_draws(sampler, num_steps), batch_size) + self.image_shape
+            noise = keras.random.normal(shape, seed=seed)
+        else:
+            noise = ops.convert_to_tensor(noise, "float32")
+            expected = (samplers.num_noise_draws(sampler, num_steps), batch_size)
+            if tuple(noise.shape[:2]) != expected or tuple(noise.shape[2:]) != self.image_shape:
+                raise ValueError(
+                    f"noise must have shape {expected + self.image_shape}; got {noise.shape}."
+                )
+
+        def denoise_fn(z, logsnr):
+            return self.guided_denoise(z, logsnr, condition, guidance_scale, clip)
+
+        return samplers.sample(denoise_fn, self.schedule, noise, num_steps, sampler)
+
+    def _batch_size(self, num_samples, condition, noise):
+        for key in ("labels", "text_embeddings"):
+            if key in condition:
+                return int(condition[key].shape[0])
+        if noise is not None:
+            return int(noise.shape[1])
+        if num_samples is None or int(num_samples) < 1:
+            raise ValueError(f"Pass num_samples >= 1 (or labels); got {num_samples!r}.")
+        return int(num_samples)
+
+    # ------------------------------------------------------------------ serialization
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "network": keras.saving.serialize_keras_object(self.network),
+                "schedule": keras.saving.serialize_keras_object(self.schedule),
+                "prediction_type": self.prediction_type,
+                "loss_weighting": self.loss_weighting,
+                "condition_dropout": self.condition_dropout,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["network"] = keras.saving.deserialize_keras_object(config["network"])
+        config["schedule"] = keras.saving.deserialize_keras_object(config["schedule"])
+        return cls(**config)

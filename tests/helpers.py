@@ -1,0 +1,52 @@
+"""Small networks with closed-form behaviour, shared by the tests."""
+
+import keras
+from keras import ops
+
+from keras_mm.diffusion import alpha_sigma, broadcast_to_data
+
+
+class GaussianPosteriorMean(keras.Model):
+    """The exact E[x | z_t] for x ~ N(mean, std^2) per coordinate: an x-prediction network."""
+
+    def __init__(self, image_shape, mean, std, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(image_shape)
+        self.num_classes = None
+        self.text_dim = None
+        self.mean, self.std = float(mean), float(std)
+
+    def call(self, inputs):
+        z = inputs["noisy"]
+        alpha, sigma = alpha_sigma(broadcast_to_data(inputs["logsnr"], z))
+        var = self.std**2
+        gain = alpha * var / (alpha**2 * var + sigma**2)
+        return self.mean + gain * (z - alpha * self.mean)
+
+
+@keras.saving.register_keras_serializable(package="keras_mm_tests")
+class TinyConvNet(keras.Model):
+    """A few-hundred-parameter conditional conv denoiser for fast tests."""
+
+    def __init__(self, image_shape=(8, 8, 1), num_classes=10, width=8, **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(image_shape)
+        self.num_classes = num_classes
+        self.text_dim = None
+        self.width = width
+        self.embed = keras.layers.Embedding(num_classes + 1, width)
+        self.time = keras.layers.Dense(width)
+        self.conv1 = keras.layers.Conv2D(width, 3, padding="same", activation="silu")
+        self.conv2 = keras.layers.Conv2D(image_shape[-1], 3, padding="same")
+
+    def call(self, inputs, training=False):
+        z, logsnr = inputs["noisy"], inputs["logsnr"]
+        h = self.conv1(z)
+        emb = self.time(ops.stack([ops.sin(logsnr / 4), ops.cos(logsnr / 4)], axis=-1))
+        emb = emb + self.embed(inputs["labels"])
+        h = h + emb[:, None, None, :]
+        return self.conv2(h)
+
+    def get_config(self):
+        return {**super().get_config(), "image_shape": self.image_shape,
+                "num_classes": self.num_classes, "width": self.width}
