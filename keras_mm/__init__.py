@@ -2,6 +2,11 @@
 
 from keras_mm import diffusion  # noqa: F401
 from keras_mm.diffusion import CosineSchedule  # noqa: F401
+from keras_mm.distillation import (  # noqa: F401
+    MomentMatchingDistiller,
+    estimate_preconditioner,
+    preconditioner_from_adam,
+)
 from keras_mm.models import DiffusionModel  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,0 +1,479 @@
+"""`MomentMatchingDistiller`: Algorithms 2 (alternating) and 3 (instant) of the paper."""
+
+import keras
+import numpy as np
+from keras import ops
+
+from keras_mm.backend import IterationTrainer, jvp, value_and_grad
+from keras_mm.diffusion import process, time_sampling
+from keras_mm.diffusion.samplers import check_num_steps
+from keras_mm.distillation.preconditioner import preconditioner_from_adam
+from keras_mm.models.diffusion_model import (
+    DiffusionModel,
+    per_example_mean_square,
+    unpack_batch,
+)
+
+METHODS = ("alternating", "instant")
+WEIGHTINGS = ("auto", "edm", "flat", "dmd")
+
+
+@keras.saving.register_keras_serializable(package="keras_mm")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup over `warmup_steps`, then linear decay to 0 at `total_steps`.
+
+    With `total_steps=None` the rate stays at `learning_rate` after the warmup.
+    """
+
+    def __init__(self, learning_rate, warmup_steps=1000, total_steps=None):
+        if total_steps is not None and total_steps <= warmup_steps:
+            raise ValueError(
+                f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})."
+            )
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = None if total_steps is None else int(total_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        rate = self.learning_rate * ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
+        if self.total_steps is not None:
+            remaining = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
+            rate = rate * ops.clip(remaining, 0.0, 1.0)
+        return rate
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def paper_adam(learning_rate, warmup_steps=1000, total_steps=None):
+    """Adam as in Appendix B: beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup then linear decay,
+    global-norm clipping at 1, no EMA, no weight decay."""
+    return keras.optimizers.Adam(
+        learning_rate=WarmupLinearDecay(learning_rate, warmup_steps, total_steps),
+        beta_1=0.0,
+        beta_2=0.99,
+        epsilon=1e-12,
+        global_clipnorm=1.0,
+    )
+
+
+def copy_of(model, name):
+    """A fresh `DiffusionModel` with the same config and network weights as `model`."""
+    config = model.get_config()
+    config["name"] = name
+    clone = DiffusionModel.from_config(config)
+    clone.network.set_weights(model.network.get_weights())
+    return clone
+
+
+@keras.saving.register_keras_serializable(package="keras_mm")
+class MomentMatchingDistiller(IterationTrainer, keras.Model):
+    """Distill a diffusion teacher into a `num_steps`-step sampler by moment matching.
+
+    The generator g_eta starts as a copy of the teacher g_theta and is trained so that, run
+    with Algorithm 1 for `num_steps` steps, its samples match the teacher's conditional
+    moments E[x | z_s] (paper eq. 3-6). The teacher stays frozen.
+
+    `method="alternating"` (Algorithm 2) also trains an auxiliary denoiser g_phi (another
+    copy of the teacher) on the generator's samples. One `fit` step is one auxiliary update
+    followed by one generator update (two iterations n of Algorithm 2, alternating 1:1 as in
+    the paper), both on the step's batch with independent time and noise draws.
+
+    `method="instant"` (Algorithm 3) splits each batch into two halves: on the first,
+    nu = Lambda grad_theta w(s') ||x~' - g_theta(z'_s)||^2; on the second, the generator
+    minimises -w(s) x~^T sg{J_theta g_theta(z_s) nu}. The minus sign (dropped in the paper's
+    eq. 8) makes this descend eq. 9, (1/2)||E grad_theta L_theta(x~, sg z_s)||^2_Lambda.
+    One `fit` step is one iteration.
+
+    Args:
+        teacher: a built `keras_mm.DiffusionModel` (trained).
+        num_steps: k, the number of sampling steps of the student (>= 1).
+        method: "alternating" or "instant".
+        time_sampler: p(s): "edm" (EDM test-time schedule in logSNR, resolution-shifted;
+            the paper's choice), "uniform", or a callable u ~ U[0,1] -> s.
+        weighting: w(s): "auto" (flat for k <= 2, EDM above, as §3.3 advises), "edm",
+            "flat" or "dmd" (DMD's adaptive weight).
+        conditional_sampling: sample z_s ~ q(z_s | z_t, x~) (default); False gives the
+            marginal q(z_s | x~) of the §5.2 ablation.
+        teacher_guidance_scale: classifier-free guidance on the teacher (§3.3, §5.3).
+        clip_teacher: clip the teacher's x-hat to [-1, 1]. With guidance or clipping, the
+            instant method uses the unmodified teacher's backward pass (straight-through).
+        preconditioner: Lambda for the instant method: None (take it from the teacher's
+            Adam state), a list of arrays aligned with `teacher.network.trainable_variables`
+            (e.g. from `keras_mm.estimate_preconditioner`), or "identity".
+        teacher_gradient_ema: decay of an exponential moving average of nu across
+            iterations (instant method; 0 disables it, as in the paper).
+        seed: seed of the distiller's random draws.
+
+    Example:
+    ```python
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=8)
+    distiller.compile()
+    distiller.fit(dataset, epochs=10)
+    images = distiller.sample(labels=[0, 1, 2], seed=0)  # 8 network calls
+    ```
+
+    References:
+        Salimans, Mensink, Heek, Hoogeboom 2024, "Multistep Distillation of Diffusion
+        Models via Moment Matching", §3, Algorithms 2 and 3, Appendix B.
+    """
+
+    def __init__(
+        self,
+        teacher,
+        num_steps=8,
+        method="alternating",
+        time_sampler="edm",
+        weighting="auto",
+        conditional_sampling=True,
+        teacher_guidance_scale=0.0,
+        clip_teacher=False,
+        preconditioner=None,
+        teacher_gradient_ema=0.0,
+        seed=None,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        if not isinstance(teacher, DiffusionModel) or not teacher.built:
+            raise ValueError(
+                "`teacher` must be a built keras_mm.DiffusionModel (e.g. one you trained with "
+                f"fit, or loaded with keras.saving.load_model); got {type(teacher).__name__}."
+            )
+        check_num_steps(num_steps)
+        if method not in METHODS:
+            raise ValueError(f"Unknown method {method!r}; expected one of {METHODS}.")
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"Unknown weighting {weighting!r}; expected one of {WEIGHTINGS}.")
+        if not 0.0 <= teacher_gradient_ema < 1.0:
+            raise ValueError(f"teacher_gradient_ema must be in [0, 1), got {teacher_gradient_ema}.")
+        self.num_steps = num_steps
+        self.method = method
+        self.time_sampler_name = time_sampler if isinstance(time_sampler, str) else None
+        self.time_sampler = time_sampling.get_time_sampler(time_sampler, teacher.schedule)
+        self.weighting = weighting
+        self.conditional_sampling = bool(conditional_sampling)
+        self.teacher_guidance_scale = float(teacher_guidance_scale)
+        self.clip_teacher = bool(clip_teacher)
+        self.teacher_gradient_ema = float(teacher_gradient_ema)
+        self.seed = seed
+
+        # The teacher's parameters theta, remembered before freezing it (freezing clears the
+        # variables' trainable flags). A set of ids, so Keras does not track it as weights.
+        teacher.trainable = True
+        self._teacher_parameter_ids = frozenset(id(v) for v in teacher.network.trainable_variables)
+        self.generator = copy_of(teacher, "generator")
+        self.auxiliary = copy_of(teacher, "auxiliary") if method == "alternating" else None
+        self.preconditioner = None
+        self.nu_average = None
+        if method == "instant":
+            self.preconditioner = self._make_preconditioner(teacher, preconditioner)
+            if self.teacher_gradient_ema:
+                self.nu_average = [
+                    self.add_weight(shape=v.shape, initializer="zeros", trainable=False,
+                                    name="nu_average")
+                    for v in teacher.network.trainable_variables
+                ]
+        teacher.trainable = False
+        self.teacher = teacher
+        self.seed_generator = keras.random.SeedGenerator(seed)
+
+        self.generator_loss_tracker = keras.metrics.Mean(name="generator_loss")
+        self.auxiliary_loss_tracker = keras.metrics.Mean(name="auxiliary_loss")
+        self.moment_gap_tracker = keras.metrics.Mean(name="moment_gap")
+        self.instant_loss_tracker = keras.metrics.Mean(name="instant_loss")
+        self.built = True
+
+    @property
+    def teacher_parameters(self):
+        """theta: the frozen teacher network's parameters, in a fixed order."""
+        return [v for v in self.teacher.network.weights if id(v) in self._teacher_parameter_ids]
+
+    def _make_preconditioner(self, teacher, preconditioner):
+        teacher_variables = teacher.network.trainable_variables
+        if isinstance(preconditioner, str) and preconditioner in ("identity", "saved"):
+            values = [np.ones(v.shape, "float32") for v in teacher_variables]
+        elif preconditioner is None:
+            try:
+                values = preconditioner_from_adam(teacher)
+            except ValueError as error:
+                raise ValueError(
+                    "method='instant' needs the preconditioner Lambda, and the teacher has "
+                    f"no usable Adam state ({error}) Pass preconditioner="
+                    "keras_mm.estimate_preconditioner(teacher, dataset, steps=...) or "
+                    "preconditioner='identity'."
+                ) from None
+        else:
+            values = [np.asarray(ops.convert_to_numpy(p), "float32") for p in preconditioner]
+            shapes = [tuple(v.shape) for v in teacher_variables]
+            if [tuple(p.shape) for p in values] != shapes:
+                raise ValueError(
+                    "The preconditioner must hold one array per teacher trainable variable "
+                    f"with the same shapes ({len(shapes)} arrays); got "
+                    f"{len(values)} arrays."
+                )
+        weights = []
+        for value in values:
+            weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False,
+                                     name="preconditioner")
+            weight.assign(value)
+            weights.append(weight)
+        return weights
+
+    # ------------------------------------------------------------------ the paper's pieces
+    def loss_weight(self, logsnr_s, x_generated=None, x_teacher=None):
+        """w(s) per example."""
+        weighting = self.weighting
+        if weighting == "auto":
+            weighting = "flat" if self.num_steps <= 2 else "edm"
+        if weighting == "dmd":
+            return time_sampling.dmd_weight(x_generated, x_teacher)
+        return time_sampling.WEIGHTINGS[weighting](logsnr_s)
+
+    def teacher_prediction(self, noisy, logsnr, condition):
+        """g_theta(z_s), with guidance/clipping applied in the forward pass and the plain
+        teacher's gradient in the backward pass (straight-through, §3.3)."""
+        plain = self.teacher.denoise(noisy, logsnr, condition)
+        if not self.teacher_guidance_scale and not self.clip_teacher:
+            return plain
+        modified = self.teacher.guided_denoise(
+            noisy, logsnr, condition, self.teacher_guidance_scale, self.clip_teacher
+        )
+        return plain + ops.stop_gradient(modified - plain)
+
+    def draw_times(self, batch_size):
+        """s ~ p(s), delta_t ~ U[0, 1/k], t = min(s + delta_t, 1); returns logSNR(s), logSNR(t)."""
+        s = self.time_sampler(keras.random.uniform((batch_size,), seed=self.seed_generator))
+        delta_t = keras.random.uniform((batch_size,), seed=self.seed_generator) / self.num_steps
+        t = ops.minimum(s + delta_t, 1.0)
+        return self.teacher.schedule.logsnr(s), self.teacher.schedule.logsnr(t)
+
+    def draw(self, images, condition):
+        """Everything random of one iteration: times, z_t and the noise for z_s."""
+        batch_size = ops.shape(images)[0]
+        logsnr_s, logsnr_t = self.draw_times(batch_size)
+        noise_t = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        noise_s = keras.random.normal(ops.shape(images), seed=self.seed_generator)
+        noisy_t = process.diffuse(images, process.broadcast_to_data(logsnr_t, images), noise_t)
+        return {"logsnr_s": logsnr_s, "logsnr_t": logsnr_t, "noisy_t": noisy_t,
+                "noise_s": noise_s, "condition": condition}
+
+    def sample_z_s(self, draws, x_generated):
+        """z_s ~ q(z_s | z_t, x~) (eq. 1-2), or q(z_s | x~) without conditional sampling."""
+        logsnr_s = process.broadcast_to_data(draws["logsnr_s"], x_generated)
+        if self.conditional_sampling:
+            logsnr_t = process.broadcast_to_data(draws["logsnr_t"], x_generated)
+            mean, std = process.posterior(draws["noisy_t"], x_generated, logsnr_t, logsnr_s)
+            return mean + std * draws["noise_s"]
+        return process.diffuse(x_generated, logsnr_s, draws["noise_s"])
+
+    def generate(self, draws):
+        """x~ = g_eta(z_t) (differentiable in eta) and z_s (a constant, sg in the paper)."""
+        x_generated = self.generator.denoise(draws["noisy_t"], draws["logsnr_t"],
+                                             draws["condition"])
+        noisy_s = ops.stop_gradient(self.sample_z_s(draws, ops.stop_gradient(x_generated)))
+        return x_generated, noisy_s
+
+    # ------------------------------------------------------------------ Algorithm 2
+    def auxiliary_loss(self, draws):
+        """L(phi) = w(s){||x~ - g_phi(z_s)||^2 + ||g_theta(z_s) - g_phi(z_s)||^2}, x~ fixed."""
+        x_generated, noisy_s = self.generate(draws)
+        x_generated = ops.stop_gradient(x_generated)
+        x_teacher = ops.stop_gradient(
+            self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
+        )
+        x_auxiliary = self.auxiliary.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+        weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
+        loss = weight * (per_example_mean_square(x_generated - x_auxiliary)
+                         + per_example_mean_square(x_teacher - x_auxiliary))
+        return ops.mean(loss)
+
+    def generator_loss(self, draws):
+        """L(eta) = w(s) x~^T sg[g_phi(z_s) - g_theta(z_s)], per pixel; returns (loss, gap)."""
+        x_generated, noisy_s = self.generate(draws)
+        x_teacher = self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
+        x_auxiliary = self.auxiliary.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+        difference = ops.stop_gradient(x_auxiliary - x_teacher)
+        weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
+        loss = ops.mean(weight * per_example_inner(x_generated, difference))
+        gap = ops.sqrt(ops.mean(per_example_mean_square(difference)))
+        return loss, gap
+
+    # ------------------------------------------------------------------ Algorithm 3
+    def teacher_gradient(self, draws):
+        """nu = Lambda grad_theta mean w(s') ||x~' - g_theta(z'_s)||^2 (x~', z'_s fixed)."""
+        x_generated, noisy_s = self.generate(draws)
+        x_generated = ops.stop_gradient(x_generated)
+
+        def teacher_loss():
+            x_teacher = self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
+            weight = ops.stop_gradient(self.loss_weight(draws["logsnr_s"], x_generated, x_teacher))
+            return ops.mean(weight * per_example_mean_square(x_generated - x_teacher)), None
+
+        _, _, grads = value_and_grad(teacher_loss, self.teacher_parameters)()
+        return [lam * g for lam, g in zip(self.preconditioner, grads)]
+
+    def instant_loss(self, draws, nu):
+        """L_instant(eta) = -w(s) x~^T sg{J_theta g_theta(z_s) nu}, per pixel."""
+        x_generated, noisy_s = self.generate(draws)
+
+        def teacher_output():
+            return self.teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+
+        x_teacher, jacobian_nu = jvp(teacher_output, self.teacher_parameters, nu)
+        jacobian_nu = ops.stop_gradient(jacobian_nu)
+        weight = self.loss_weight(draws["logsnr_s"], x_generated, ops.stop_gradient(x_teacher))
+        return -ops.mean(weight * per_example_inner(x_generated, jacobian_nu))
+
+    # ------------------------------------------------------------------ the train step
+    def iteration(self, data):
+        images, condition = unpack_batch(data)
+        self.teacher.check_images(images)
+        images = ops.cast(images, "float32")
+        condition = self.teacher.check_condition(condition)
+        generator_variables = self.generator.network.trainable_variables
+        generator_optimizer = self.optimizer.optimizers[0]
+        state = self.non_trainable_variables
+        logs = {}
+        if self.method == "alternating":
+            auxiliary_variables = self.auxiliary.network.trainable_variables
+            draws = self.draw(images, condition)
+            aux_loss, _, grads = value_and_grad(
+                lambda: (self.auxiliary_loss(draws), None), auxiliary_variables, state
+            )()
+            self.optimizer.optimizers[1].apply(grads, auxiliary_variables)
+            draws = self.draw(images, condition)
+            gen_loss, gap, grads = value_and_grad(
+                lambda: self.generator_loss(draws), generator_variables, state
+            )()
+            generator_optimizer.apply(grads, generator_variables)
+            self.auxiliary_loss_tracker.update_state(aux_loss)
+            self.generator_loss_tracker.update_state(gen_loss)
+            self.moment_gap_tracker.update_state(gap)
+        else:
+            half = ops.shape(images)[0] // 2
+            first = {k: v[:half] for k, v in condition.items()}
+            second = {k: v[half:] for k, v in condition.items()}
+            nu = self.teacher_gradient(self.draw(images[:half], first))
+            if self.nu_average is not None:
+                decay = self.teacher_gradient_ema
+                for average, value in zip(self.nu_average, nu):
+                    average.assign(decay * average + (1.0 - decay) * value)
+                nu = [ops.convert_to_tensor(a.value) for a in self.nu_average]
+            draws = self.draw(images[half:], second)
+            loss, _, grads = value_and_grad(
+                lambda: (self.instant_loss(draws, nu), None), generator_variables, state
+            )()
+            generator_optimizer.apply(grads, generator_variables)
+            self.instant_loss_tracker.update_state(loss)
+        self.optimizer.iterations.assign_add(1)
+        return {m.name: m.result() for m in self.metrics}
+
+    @property
+    def metrics(self):
+        if self.method == "alternating":
+            return [self.generator_loss_tracker, self.auxiliary_loss_tracker,
+                    self.moment_gap_tracker]
+        return [self.instant_loss_tracker]
+
+    # ------------------------------------------------------------------ compile
+    def compile(
+        self,
+        generator_optimizer=None,
+        auxiliary_optimizer=None,
+        learning_rate=None,
+        warmup_steps=1000,
+        total_steps=None,
+        **kwargs,
+    ):
+        """Compile with the paper's optimizer for each network unless given (Appendix B).
+
+        Args:
+            generator_optimizer: optimizer of g_eta; default `paper_adam(learning_rate, ...)`.
+            auxiliary_optimizer: optimizer of g_phi (alternating); same default.
+            learning_rate: peak learning rate of the defaults (1e-4 alternating, 1e-3
+                instant; the instant loss's scale is set by Lambda).
+            warmup_steps: linear warmup of the defaults (1000 in the paper).
+            total_steps: linear decay to zero at this step; None keeps the peak rate.
+        """
+        if learning_rate is None:
+            learning_rate = 1e-4 if self.method == "alternating" else 1e-3
+        self._compile_args = {"learning_rate": learning_rate, "warmup_steps": warmup_steps,
+                              "total_steps": total_steps}
+        generator_optimizer = generator_optimizer or paper_adam(
+            learning_rate, warmup_steps, total_steps)
+        auxiliary_optimizer = auxiliary_optimizer or paper_adam(
+            learning_rate, warmup_steps, total_steps)
+        generator_ids = {id(v) for v in self.generator.network.trainable_variables}
+
+        def select(variable):
+            return generator_optimizer if id(variable) in generator_ids else auxiliary_optimizer
+
+        optimizer = keras.optimizers.MultiOptimizer(select)
+        # Both sub-optimizers exist from the start, so the state layout is fixed.
+        optimizer._inner_optimizers = [generator_optimizer, auxiliary_optimizer]
+        super().compile(optimizer=optimizer, **kwargs)
+        self.optimizer.build(self.trainable_variables)
+
+    def get_compile_config(self):
+        optimizers = self.optimizer.optimizers
+        return {
+            "generator_optimizer": keras.saving.serialize_keras_object(optimizers[0]),
+            "auxiliary_optimizer": keras.saving.serialize_keras_object(optimizers[1]),
+        }
+
+    def compile_from_config(self, config):
+        self.compile(
+            generator_optimizer=keras.saving.deserialize_keras_object(config["generator_optimizer"]),
+            auxiliary_optimizer=keras.saving.deserialize_keras_object(config["auxiliary_optimizer"]),
+        )
+
+    # ------------------------------------------------------------------ sampling
+    def sample(self, num_samples=None, labels=None, num_steps=None, **kwargs):
+        """Sample from the distilled generator (Algorithm 1 with `num_steps` = k by default).
+
+        Takes the same arguments as `DiffusionModel.sample`.
+        """
+        num_steps = self.num_steps if num_steps is None else num_steps
+        return self.generator.sample(num_samples=num_samples, labels=labels,
+                                     num_steps=num_steps, **kwargs)
+
+    def call(self, inputs, training=False):
+        return self.generator(inputs, training=training)
+
+    # ------------------------------------------------------------------ serialization
+    def get_config(self):
+        config = super().get_config()
+        if self.time_sampler_name is None:
+            raise ValueError("A distiller with a custom time_sampler callable cannot be saved.")
+        config.update(
+            {
+                "teacher": keras.saving.serialize_keras_object(self.teacher),
+                "num_steps": self.num_steps,
+                "method": self.method,
+                "time_sampler": self.time_sampler_name,
+                "weighting": self.weighting,
+                "conditional_sampling": self.conditional_sampling,
+                "teacher_guidance_scale": self.teacher_guidance_scale,
+                "clip_teacher": self.clip_teacher,
+                "preconditioner": "saved" if self.method == "instant" else None,
+                "teacher_gradient_ema": self.teacher_gradient_ema,
+                "seed": self.seed,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
+        return cls(**config)
+
+
+def per_example_inner(a, b):
+    """<a, b> / dim per example (the per-pixel mean of a * b)."""
+    return ops.mean(a * b, axis=tuple(range(1, len(a.shape))))
