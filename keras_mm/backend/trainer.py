@@ -20,6 +20,22 @@ class IterationTrainer:
     def iteration(self, data):
         raise NotImplementedError
 
+    # Keras does not save SeedGenerator states; saving ours makes a resumed `fit`
+    # (BackupAndRestore, load_weights) draw the same noise as an uninterrupted one.
+    _SEED_KEY = "seed_generator_state"
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if getattr(self, "seed_generator", None) is not None:
+            store[self._SEED_KEY] = keras.ops.convert_to_numpy(self.seed_generator.state.value)
+
+    def load_own_variables(self, store):
+        keys = list(store.keys())
+        if self._SEED_KEY in keys and getattr(self, "seed_generator", None) is not None:
+            self.seed_generator.state.assign(store[self._SEED_KEY][...])
+            store = {k: store[k] for k in keys if k != self._SEED_KEY}
+        super().load_own_variables(store)
+
     def _state_groups(self):
         return (
             self.trainable_variables,

@@ -67,6 +67,7 @@ def copy_of(model, name):
     config = model.get_config()
     config["name"] = name
     clone = DiffusionModel.from_config(config)
+    clone.trainable = True  # the source may be a teacher that another distiller froze
     clone.network.set_weights(model.network.get_weights())
     return clone
 
@@ -104,7 +105,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         clip_teacher: clip the teacher's x-hat to [-1, 1]. With guidance or clipping, the
             instant method uses the unmodified teacher's backward pass (straight-through).
         preconditioner: Lambda for the instant method: None (take it from the teacher's
-            Adam state), a list of arrays aligned with `teacher.network.trainable_variables`
+            Adam state), a list of arrays aligned with `teacher.parameters`
             (e.g. from `keras_mm.estimate_preconditioner`), or "identity".
         teacher_gradient_ema: decay of an exponential moving average of nu across
             iterations (instant method; 0 disables it, as in the paper).
@@ -162,10 +163,6 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.teacher_gradient_ema = float(teacher_gradient_ema)
         self.seed = seed
 
-        # The teacher's parameters theta, remembered before freezing it (freezing clears the
-        # variables' trainable flags). A set of ids, so Keras does not track it as weights.
-        teacher.trainable = True
-        self._teacher_parameter_ids = frozenset(id(v) for v in teacher.network.trainable_variables)
         self.generator = copy_of(teacher, "generator")
         self.auxiliary = copy_of(teacher, "auxiliary") if method == "alternating" else None
         self.preconditioner = None
@@ -176,7 +173,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
                 self.nu_average = [
                     self.add_weight(shape=v.shape, initializer="zeros", trainable=False,
                                     name="nu_average")
-                    for v in teacher.network.trainable_variables
+                    for v in teacher.parameters
                 ]
         teacher.trainable = False
         self.teacher = teacher
@@ -188,13 +185,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.instant_loss_tracker = keras.metrics.Mean(name="instant_loss")
         self.built = True
 
-    @property
-    def teacher_parameters(self):
-        """theta: the frozen teacher network's parameters, in a fixed order."""
-        return [v for v in self.teacher.network.weights if id(v) in self._teacher_parameter_ids]
-
     def _make_preconditioner(self, teacher, preconditioner):
-        teacher_variables = teacher.network.trainable_variables
+        teacher_variables = teacher.parameters
         if isinstance(preconditioner, str) and preconditioner in ("identity", "saved"):
             values = [np.ones(v.shape, "float32") for v in teacher_variables]
         elif preconditioner is None:
@@ -314,7 +306,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             weight = ops.stop_gradient(self.loss_weight(draws["logsnr_s"], x_generated, x_teacher))
             return ops.mean(weight * per_example_mean_square(x_generated - x_teacher)), None
 
-        _, _, grads = value_and_grad(teacher_loss, self.teacher_parameters)()
+        _, _, grads = value_and_grad(teacher_loss, self.teacher.parameters)()
         return [lam * g for lam, g in zip(self.preconditioner, grads)]
 
     def instant_loss(self, draws, nu):
@@ -324,7 +316,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         def teacher_output():
             return self.teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
 
-        x_teacher, jacobian_nu = jvp(teacher_output, self.teacher_parameters, nu)
+        x_teacher, jacobian_nu = jvp(teacher_output, self.teacher.parameters, nu)
         jacobian_nu = ops.stop_gradient(jacobian_nu)
         weight = self.loss_weight(draws["logsnr_s"], x_generated, ops.stop_gradient(x_teacher))
         return -ops.mean(weight * per_example_inner(x_generated, jacobian_nu))
@@ -420,6 +412,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.optimizer.build(self.trainable_variables)
 
     def get_compile_config(self):
+        if not self.compiled:
+            return None
         optimizers = self.optimizer.optimizers
         return {
             "generator_optimizer": keras.saving.serialize_keras_object(optimizers[0]),

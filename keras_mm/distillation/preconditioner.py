@@ -22,7 +22,7 @@ def preconditioner_from_adam(teacher, epsilon=None):
         epsilon: overrides the optimizer's epsilon.
 
     Returns:
-        A list of numpy arrays, one per variable of `teacher.network.trainable_variables`.
+        A list of numpy arrays, one per variable of `teacher.parameters`.
     """
     optimizer = getattr(teacher, "optimizer", None)
     velocities = getattr(optimizer, "_velocities", None)
@@ -41,7 +41,7 @@ def preconditioner_from_adam(teacher, epsilon=None):
     epsilon = optimizer.epsilon if epsilon is None else epsilon
     correction = 1.0 - float(optimizer.beta_2) ** steps
     lambdas = []
-    for variable in teacher.network.trainable_variables:
+    for variable in teacher.parameters:
         v = ops.convert_to_numpy(velocities[optimizer._get_variable_index(variable)])
         lambdas.append(1.0 / (np.sqrt(v / correction) + epsilon))
     return lambdas
@@ -62,7 +62,7 @@ def estimate_preconditioner(teacher, dataset, steps, beta_2=0.99, epsilon=1e-8):
         beta_2, epsilon: Adam's constants.
 
     Returns:
-        A list of numpy arrays aligned with `teacher.network.trainable_variables`.
+        A list of numpy arrays aligned with `teacher.parameters`.
 
     Example:
     ```python
@@ -73,7 +73,7 @@ def estimate_preconditioner(teacher, dataset, steps, beta_2=0.99, epsilon=1e-8):
     """
     if int(steps) < 1:
         raise ValueError(f"`steps` must be >= 1, got {steps}.")
-    variables = teacher.network.trainable_variables
+    variables = teacher.parameters
     second_moment = [np.zeros(v.shape, "float64") for v in variables]
     seed = keras.random.SeedGenerator(0)
     taken = 0

@@ -128,7 +128,19 @@ class DiffusionModel(IterationTrainer, keras.Model):
             condition = self.null_condition(1)
             self.network(self._network_inputs(ops.zeros((1,) + self.image_shape),
                                               ops.zeros((1,)), condition))
+        # theta, remembered now: freezing the model later (trainable=False, as a distiller
+        # does with its teacher) clears the variables' trainable flags. A set of ids, so Keras
+        # does not track it as weights.
+        frozen = not self.network.trainable
+        self.network.trainable = True
+        self._parameter_ids = frozenset(id(v) for v in self.network.trainable_variables)
+        self.network.trainable = not frozen
         self.built = True
+
+    @property
+    def parameters(self):
+        """The network's parameters theta (its trainable weights, also once frozen)."""
+        return [v for v in self.network.weights if id(v) in self._parameter_ids]
 
     def null_condition(self, batch_size):
         """The unconditional input: the null label / an all-padding caption / nothing."""
@@ -210,6 +222,8 @@ class DiffusionModel(IterationTrainer, keras.Model):
         Returns:
             x-hat of shape [B, *image_shape].
         """
+        noisy = ops.convert_to_tensor(noisy, "float32")
+        logsnr = ops.convert_to_tensor(logsnr, "float32")
         prediction = self.network(
             self._network_inputs(noisy, logsnr, condition or {}), training=training
         )

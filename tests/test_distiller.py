@@ -1,0 +1,239 @@
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import keras_mm
+from keras_mm.backend import jvp, value_and_grad
+from keras_mm.datasets import load_digits
+from keras_mm.diffusion import alpha_sigma
+from keras_mm.models.diffusion_model import per_example_mean_square
+from tests.helpers import TinyConvNet
+
+
+def np_(x):
+    return np.asarray(ops.convert_to_numpy(x), dtype=np.float64)
+
+
+@pytest.fixture(scope="module")
+def digits():
+    images, labels = load_digits()
+    return images[:256], labels[:256]
+
+
+@pytest.fixture(scope="module")
+def teacher(digits):
+    keras.utils.set_random_seed(0)
+    model = keras_mm.DiffusionModel(TinyConvNet(), seed=0)
+    model.compile()
+    model.fit(*digits, batch_size=64, epochs=2, verbose=0)
+    return model
+
+
+def teacher_loss_gradient(distiller, x_generated, noisy_s, logsnr_s, condition):
+    """grad_theta of L_theta(x~, z_s) = mean w(s) ||x~ - g_theta(z_s)||^2 / dim, independently."""
+
+    def loss():
+        x_teacher = distiller.teacher.denoise(noisy_s, logsnr_s, condition)
+        weight = distiller.loss_weight(logsnr_s)
+        return ops.mean(weight * per_example_mean_square(x_generated - x_teacher)), None
+
+    _, _, grads = value_and_grad(loss, distiller.teacher.parameters)()
+    return grads
+
+
+def test_parameter_jvp_matches_central_differences(teacher, digits):
+    distiller = keras_mm.MomentMatchingDistiller(teacher, method="instant", seed=1)
+    params = distiller.teacher.parameters
+    rng = np.random.default_rng(0)
+    nu = [rng.normal(size=p.shape).astype("float32") for p in params]
+    z = rng.normal(size=(4, 8, 8, 1)).astype("float32")
+    logsnr = np.array([-2.0, 0.0, 1.0, 3.0], "float32")
+    cond = {"labels": np.array([0, 1, 2, 10], "int32")}
+
+    def output():
+        return teacher.denoise(z, logsnr, cond)
+
+    _, tangent = jvp(output, params, nu)
+    original = [np_(p) for p in params]
+    h = 1e-2
+    outputs = []
+    for sign in (1.0, -1.0):
+        for p, v, n in zip(params, original, nu):
+            p.assign((v + sign * h * n).astype("float32"))
+        outputs.append(np_(output()))
+    for p, v in zip(params, original):
+        p.assign(v.astype("float32"))
+    finite = (outputs[0] - outputs[1]) / (2 * h)
+    error = np.abs(np_(tangent) - finite).max() / np.abs(finite).max()
+    print(f"JVP vs central differences: max relative error {error:.2e}")
+    assert np.abs(finite).max() > 1e-3
+    assert error < 1e-2
+
+
+def test_instant_update_descends_equation_9(teacher, digits):
+    images, labels = digits
+    distiller = keras_mm.MomentMatchingDistiller(
+        teacher, num_steps=4, method="instant", weighting="edm", seed=2)
+    draws_nu = distiller.draw(ops.convert_to_tensor(images[:32]), {"labels": labels[:32]})
+    draws = distiller.draw(ops.convert_to_tensor(images[32:64]), {"labels": labels[32:64]})
+    nu = distiller.teacher_gradient(draws_nu)
+    generator_vars = distiller.generator.network.trainable_variables
+    _, _, grads = value_and_grad(lambda: (distiller.instant_loss(draws, nu), None),
+                                 generator_vars)()
+    grads = [np_(g) for g in grads]
+    _, noisy_s = distiller.generate(draws)  # z_s held fixed from here on (sg z_s)
+
+    def moment(eta=None):
+        """<grad_theta L_theta(x~(eta), sg z_s), nu>, with the generator at eta."""
+        if eta is not None:
+            for var, value in zip(generator_vars, eta):
+                var.assign(value.astype("float32"))
+        x_generated = distiller.generator.denoise(draws["noisy_t"], draws["logsnr_t"],
+                                                  draws["condition"])
+        g = teacher_loss_gradient(distiller, x_generated, noisy_s, draws["logsnr_s"],
+                                  draws["condition"])
+        return sum(float(np.sum(np_(a) * np_(b))) for a, b in zip(g, nu))
+
+    eta0 = [np_(v) for v in generator_vars]
+    rng = np.random.default_rng(3)
+    direction = [rng.normal(size=v.shape) for v in eta0]
+    h = 1e-2
+    plus = moment([e + h * d for e, d in zip(eta0, direction)])
+    minus = moment([e - h * d for e, d in zip(eta0, direction)])
+    finite = (plus - minus) / (2 * h)
+    analytic = 2.0 * sum(float(np.sum(g * d)) for g, d in zip(grads, direction))
+    print(f"d/d eta <grad L, nu> along a random direction: finite {finite:.6g}, "
+          f"2 x instant-loss gradient {analytic:.6g}")
+    assert analytic == pytest.approx(finite, rel=2e-2)
+    # A small step along the negative instant gradient lowers <grad_theta L_theta, nu>.
+    before = moment(eta0)
+    norm = np.sqrt(sum(float(np.sum(g**2)) for g in grads))
+    after = moment([e - 1e-3 * g / norm for e, g in zip(eta0, grads)])
+    print(f"<grad L, nu>: {before:.6g} -> {after:.6g} after a step down the instant gradient")
+    assert after < before
+    moment(eta0)
+
+
+@pytest.mark.parametrize("conditional", [True, False])
+def test_z_s_has_the_moments_of_equation_2(teacher, conditional):
+    distiller = keras_mm.MomentMatchingDistiller(
+        teacher, num_steps=4, conditional_sampling=conditional, seed=4)
+    n = 4096
+    rng = np.random.default_rng(5)
+    images = np.repeat(rng.uniform(-1, 1, size=(1, 8, 8, 1)).astype("float32"), n, axis=0)
+    draws = distiller.draw(ops.convert_to_tensor(images), {"labels": np.zeros(n, "int32")})
+    x_generated = rng.uniform(-1, 1, size=images.shape).astype("float32")
+    noisy_s = np_(distiller.sample_z_s(draws, ops.convert_to_tensor(x_generated)))
+    lam_s = np_(draws["logsnr_s"])[:, None, None, None]
+    lam_t = np_(draws["logsnr_t"])[:, None, None, None]
+    z_t = np_(draws["noisy_t"])
+    assert np.all(lam_t <= lam_s + 1e-5)  # t >= s
+    # t - s <= 1/k: compare in time.
+    s_time = np_(distiller.teacher.schedule.t_from_logsnr(draws["logsnr_s"]))
+    t_time = np_(distiller.teacher.schedule.t_from_logsnr(draws["logsnr_t"]))
+    assert np.all(t_time - s_time <= 0.25 + 1e-4) and np.all(t_time <= 1.0)
+    a_s, s_s = (np_(v) for v in alpha_sigma(lam_s))
+    a_t, s_t = (np_(v) for v in alpha_sigma(lam_t))
+    if conditional:  # eq. 2, written out
+        a_ts, s2_ts = a_t / a_s, s_t**2 - (a_t / a_s) ** 2 * s_s**2
+        var = 1.0 / (1.0 / s_s**2 + a_ts**2 / s2_ts)
+        mean = var * (a_ts / s2_ts * z_t + a_s / s_s**2 * x_generated)
+    else:
+        var, mean = s_s**2, a_s * x_generated
+    keep = (var > 1e-6).squeeze()
+    r = ((noisy_s - mean) / np.sqrt(var))[keep]
+    print(f"standardised z_s residuals: mean {r.mean():.4f} var {r.var():.4f} ({r.size} values)")
+    assert abs(r.mean()) < 0.01 and abs(r.var() - 1.0) < 0.02
+
+
+@pytest.mark.parametrize("method", ["alternating", "instant"])
+def test_fit_logs_metrics_and_keeps_the_teacher_frozen(teacher, digits, method):
+    before = [np_(w) for w in teacher.network.weights]
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, method=method, seed=0)
+    distiller.compile(warmup_steps=2)
+    history = distiller.fit(*digits, batch_size=64, epochs=2, verbose=0)
+    expected = ({"generator_loss", "auxiliary_loss", "moment_gap"} if method == "alternating"
+                else {"instant_loss"})
+    assert expected <= set(history.history)
+    for values in history.history.values():
+        assert np.all(np.isfinite(values))
+    for b, w in zip(before, teacher.network.weights):
+        np.testing.assert_array_equal(b, np_(w))
+    moved = [np.abs(np_(g) - b).max() for g, b in
+             zip(distiller.generator.network.weights, before)]
+    assert max(moved) > 0
+    assert distiller.sample(labels=[1, 2], seed=0).shape == (2, 8, 8, 1)
+
+
+def test_distiller_saves_and_loads_with_both_optimizer_states(teacher, digits, tmp_path):
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, seed=0)
+    distiller.compile(warmup_steps=2)
+    distiller.fit(*digits, batch_size=64, epochs=1, verbose=0)
+    path = str(tmp_path / "distiller.keras")
+    distiller.save(path)
+    restored = keras.saving.load_model(path)
+    for a, b in zip(distiller.optimizer.variables, restored.optimizer.variables):
+        np.testing.assert_array_equal(np_(a), np_(b))
+    assert len(restored.optimizer.optimizers) == 2
+    np.testing.assert_allclose(np_(restored.sample(labels=[3, 4], seed=1)),
+                               np_(distiller.sample(labels=[3, 4], seed=1)), atol=1e-6)
+    instant = keras_mm.MomentMatchingDistiller(teacher, method="instant", seed=0)
+    instant.save(str(tmp_path / "instant.keras"))
+    loaded = keras.saving.load_model(str(tmp_path / "instant.keras"))
+    for a, b in zip(instant.preconditioner, loaded.preconditioner):
+        np.testing.assert_array_equal(np_(a), np_(b))
+
+
+class Interrupt(keras.callbacks.Callback):
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == 2:
+            raise RuntimeError("interrupted")
+
+
+def test_backup_and_restore_resumes_to_the_same_weights(teacher, digits, tmp_path):
+    def run(callbacks):
+        distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, seed=7)
+        distiller.compile(warmup_steps=2)
+        distiller.fit(*digits, batch_size=64, epochs=4, verbose=0, shuffle=False,
+                      callbacks=callbacks)
+        return [np_(w) for w in distiller.generator.network.weights]
+
+    reference = run([])
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="interrupted"):
+        run([backup, Interrupt()])
+    resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    for a, b in zip(reference, resumed):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bad_input_errors(teacher):
+    with pytest.raises(ValueError, match="built keras_mm.DiffusionModel"):
+        keras_mm.MomentMatchingDistiller(keras.Sequential())
+    with pytest.raises(ValueError, match="num_steps"):
+        keras_mm.MomentMatchingDistiller(teacher, num_steps=0)
+    with pytest.raises(ValueError, match="Unknown method"):
+        keras_mm.MomentMatchingDistiller(teacher, method="adversarial")
+    with pytest.raises(ValueError, match="Unknown weighting"):
+        keras_mm.MomentMatchingDistiller(teacher, weighting="sqrt")
+    untrained = keras_mm.DiffusionModel(TinyConvNet())
+    with pytest.raises(ValueError, match="estimate_preconditioner"):
+        keras_mm.MomentMatchingDistiller(untrained, method="instant")
+    untrained.compile(optimizer=keras.optimizers.SGD())
+    with pytest.raises(ValueError, match="estimate_preconditioner"):
+        keras_mm.MomentMatchingDistiller(untrained, method="instant")
+
+
+def test_estimated_preconditioner_matches_adam_statistics(teacher, digits):
+    images, labels = digits
+    batches = [(images[i:i + 64], labels[i:i + 64]) for i in range(0, 256, 64)]
+    lambdas = keras_mm.estimate_preconditioner(teacher, batches, steps=4)
+    params = [np_(p) for p in teacher.parameters]
+    assert [lam.shape for lam in lambdas] == [p.shape for p in params]
+    assert all(np.all(lam > 0) and np.all(np.isfinite(lam)) for lam in lambdas)
+    with pytest.raises(ValueError, match="ran out"):
+        keras_mm.estimate_preconditioner(teacher, batches, steps=10)
+    distiller = keras_mm.MomentMatchingDistiller(teacher, method="instant",
+                                                 preconditioner=lambdas)
+    np.testing.assert_allclose(np_(distiller.preconditioner[0]), lambdas[0])
