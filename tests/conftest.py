@@ -17,3 +17,10 @@ def _seed():
 
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+if keras.backend.backend() == "torch":
+    import torch
+
+    # The tests' tensors are tiny: OpenMP threads cost more in synchronisation than they
+    # gain, and spin badly when the 2 CPU cores are shared (10x slower matmuls seen).
+    torch.set_num_threads(1)

@@ -327,43 +327,53 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.teacher.check_images(images)
         images = ops.cast(images, "float32")
         condition = self.teacher.check_condition(condition)
-        generator_variables = self.generator.network.trainable_variables
-        generator_optimizer = self.optimizer.optimizers[0]
-        state = self.non_trainable_variables
-        logs = {}
         if self.method == "alternating":
-            auxiliary_variables = self.auxiliary.network.trainable_variables
-            draws = self.draw(images, condition)
-            aux_loss, _, grads = value_and_grad(
-                lambda: (self.auxiliary_loss(draws), None), auxiliary_variables, state
-            )()
-            self.optimizer.optimizers[1].apply(grads, auxiliary_variables)
-            draws = self.draw(images, condition)
-            gen_loss, gap, grads = value_and_grad(
-                lambda: self.generator_loss(draws), generator_variables, state
-            )()
-            generator_optimizer.apply(grads, generator_variables)
-            self.auxiliary_loss_tracker.update_state(aux_loss)
-            self.generator_loss_tracker.update_state(gen_loss)
-            self.moment_gap_tracker.update_state(gap)
+            self.auxiliary_update(images, condition)
+            self.generator_update(images, condition)
         else:
-            half = ops.shape(images)[0] // 2
-            first = {k: v[:half] for k, v in condition.items()}
-            second = {k: v[half:] for k, v in condition.items()}
-            nu = self.teacher_gradient(self.draw(images[:half], first))
-            if self.nu_average is not None:
-                decay = self.teacher_gradient_ema
-                for average, value in zip(self.nu_average, nu):
-                    average.assign(decay * average + (1.0 - decay) * value)
-                nu = [ops.convert_to_tensor(a.value) for a in self.nu_average]
-            draws = self.draw(images[half:], second)
-            loss, _, grads = value_and_grad(
-                lambda: (self.instant_loss(draws, nu), None), generator_variables, state
-            )()
-            generator_optimizer.apply(grads, generator_variables)
-            self.instant_loss_tracker.update_state(loss)
+            self.instant_update(images, condition)
         self.optimizer.iterations.assign_add(1)
         return {m.name: m.result() for m in self.metrics}
+
+    def auxiliary_update(self, images, condition):
+        """One even iteration of Algorithm 2: a step on L(phi)."""
+        variables = self.auxiliary.network.trainable_variables
+        draws = self.draw(images, condition)
+        loss, _, grads = value_and_grad(
+            lambda: (self.auxiliary_loss(draws), None), variables, self.non_trainable_variables
+        )()
+        self.optimizer.optimizers[1].apply(grads, variables)
+        self.auxiliary_loss_tracker.update_state(loss)
+
+    def generator_update(self, images, condition):
+        """One odd iteration of Algorithm 2: a step on L(eta)."""
+        variables = self.generator.network.trainable_variables
+        draws = self.draw(images, condition)
+        loss, gap, grads = value_and_grad(
+            lambda: self.generator_loss(draws), variables, self.non_trainable_variables
+        )()
+        self.optimizer.optimizers[0].apply(grads, variables)
+        self.generator_loss_tracker.update_state(loss)
+        self.moment_gap_tracker.update_state(gap)
+
+    def instant_update(self, images, condition):
+        """One iteration of Algorithm 3: nu from the first half-batch, a step on the second."""
+        half = ops.shape(images)[0] // 2
+        first = {k: v[:half] for k, v in condition.items()}
+        second = {k: v[half:] for k, v in condition.items()}
+        nu = self.teacher_gradient(self.draw(images[:half], first))
+        if self.nu_average is not None:
+            decay = self.teacher_gradient_ema
+            for average, value in zip(self.nu_average, nu):
+                average.assign(decay * average + (1.0 - decay) * value)
+            nu = [ops.convert_to_tensor(a.value) for a in self.nu_average]
+        variables = self.generator.network.trainable_variables
+        draws = self.draw(images[half:], second)
+        loss, _, grads = value_and_grad(
+            lambda: (self.instant_loss(draws, nu), None), variables, self.non_trainable_variables
+        )()
+        self.optimizer.optimizers[0].apply(grads, variables)
+        self.instant_loss_tracker.update_state(loss)
 
     @property
     def metrics(self):
