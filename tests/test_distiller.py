@@ -208,7 +208,16 @@ def test_backup_and_restore_resumes_to_the_same_weights(teacher, digits, tmp_pat
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_bad_input_errors(teacher):
+def test_bad_input_errors(teacher, digits):
+    images, labels = digits
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=2)
+    distiller.compile()
+    bad = images[:8].copy()
+    bad[5, 1, 1, 0] = np.inf
+    with pytest.raises(ValueError, match="NaN or inf"):
+        distiller.fit(bad, labels[:8], verbose=0)
+    with pytest.raises(ValueError, match="image_shape"):
+        distiller.fit(np.zeros((8, 4, 4, 1), "float32"), labels[:8], verbose=0)
     with pytest.raises(ValueError, match="built keras_mm.DiffusionModel"):
         keras_mm.MomentMatchingDistiller(keras.Sequential())
     with pytest.raises(ValueError, match="num_steps"):

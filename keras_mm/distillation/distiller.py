@@ -10,6 +10,7 @@ from keras_mm.diffusion.samplers import check_num_steps
 from keras_mm.distillation.preconditioner import preconditioner_from_adam
 from keras_mm.models.diffusion_model import (
     DiffusionModel,
+    check_training_arrays,
     per_example_mean_square,
     unpack_batch,
 )
@@ -435,6 +436,11 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             generator_optimizer=keras.saving.deserialize_keras_object(config["generator_optimizer"]),
             auxiliary_optimizer=keras.saving.deserialize_keras_object(config["auxiliary_optimizer"]),
         )
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
+        check_training_arrays(self.teacher, x, y)
+        return super().fit(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ sampling
     def sample(self, num_samples=None, labels=None, num_steps=None, **kwargs):

@@ -41,6 +41,30 @@ def unpack_batch(data):
     return x, ({} if y is None else {"labels": y})
 
 
+def check_training_arrays(model, x, y=None):
+    """Validate numpy training data for `model` (a `DiffusionModel`) before `fit` compiles:
+    image shape, NaN/inf values and the label range. Datasets and generators are checked
+    batch by batch for shape only (inside the step)."""
+    images = x.get("images") if isinstance(x, dict) else x
+    if not isinstance(images, np.ndarray):
+        return
+    model.check_images(images)
+    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
+    if not finite.all():
+        raise ValueError(
+            f"The training images contain NaN or inf values ({int((~finite).sum())} examples, "
+            f"first at index {int(np.argmin(finite))}); clean the data before fit."
+        )
+    labels = x.get("labels") if isinstance(x, dict) else y
+    if labels is not None and model.num_classes is not None:
+        labels = np.asarray(labels)
+        if labels.min() < 0 or labels.max() >= model.num_classes:
+            raise ValueError(
+                f"Training labels must be in [0, {model.num_classes}); got "
+                f"[{labels.min()}, {labels.max()}]."
+            )
+
+
 @keras.saving.register_keras_serializable(package="keras_mm")
 class DiffusionModel(IterationTrainer, keras.Model):
     """A diffusion model: a denoiser network, a logSNR schedule and the x-prediction it implies.
@@ -314,25 +338,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
-        if isinstance(x, np.ndarray) or isinstance(x, dict) and isinstance(
-            x.get("images"), np.ndarray
-        ):
-            images = x["images"] if isinstance(x, dict) else x
-            self.check_images(images)
-            if not np.all(np.isfinite(images)):
-                bad = int(np.sum(~np.isfinite(images).reshape(len(images), -1).any(axis=1)))
-                raise ValueError(
-                    f"The training images contain NaN or inf values ({bad} examples); clean "
-                    "the data before fit."
-                )
-            labels = x.get("labels") if isinstance(x, dict) else y
-            if labels is not None:
-                labels = np.asarray(labels)
-                if labels.min() < 0 or labels.max() >= (self.num_classes or 0):
-                    raise ValueError(
-                        f"Training labels must be in [0, {self.num_classes}); got "
-                        f"[{labels.min()}, {labels.max()}]."
-                    )
+        check_training_arrays(self, x, y)
         return super().fit(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ sampling
