@@ -173,12 +173,8 @@ def _write_saved_model(model, path, num_steps, sampler, guidance_scale, output, 
         return {"labels": condition_tensors[0]} if conditional else {}
 
     def sample_fn(noise, *condition_tensors):
-        condition = to_condition(condition_tensors)
-
-        def denoise_fn(z, logsnr):
-            return model.guided_denoise(z, logsnr, condition, guidance_scale, clip)
-
-        return samplers.sample(denoise_fn, model.schedule, noise, num_steps, sampler)
+        return model.sample_from_noise(noise, to_condition(condition_tensors), num_steps,
+                                       sampler, guidance_scale, clip)
 
     def denoise_fn(noisy, logsnr, *condition_tensors):
         return model.denoise(noisy, logsnr, to_condition(condition_tensors))

@@ -140,3 +140,26 @@ def jvp(fn, variables, tangents):
     tangents = [ops.cast(t, p.dtype) for t, p in zip(tangents, primals)]
     out, tangent_out = ops.jvp(f, (primals,), (tangents,))
     return out, tangent_out
+
+
+def compile_with_variables(fn, variables):
+    """Compile `fn(*args)`, which reads `variables`, for repeated eager calls.
+
+    JAX: `jax.jit` with the variables' current values passed in (so new weights are used
+    without recompiling); TensorFlow: `tf.function` (variables are captured); torch: `fn`.
+    """
+    variables = list(variables)
+    if _BACKEND == "jax":
+        import jax
+
+        def pure(values, *args):
+            with bound(variables, values):
+                return fn(*args)
+
+        jitted = jax.jit(pure)
+        return lambda *args: jitted(variable_values(variables), *args)
+    if _BACKEND == "tensorflow":
+        import tensorflow as tf
+
+        return tf.function(fn, reduce_retracing=True)
+    return fn

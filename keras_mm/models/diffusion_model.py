@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mm.backend import IterationTrainer, value_and_grad
+from keras_mm.backend import IterationTrainer, compile_with_variables, value_and_grad
 from keras_mm.diffusion import process, samplers, time_sampling
 from keras_mm.diffusion.schedules import CosineSchedule
 
@@ -143,6 +143,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
+        self._compiled_samplers = {}
         self._build_network()
 
     # ------------------------------------------------------------------ conditioning
@@ -251,6 +252,9 @@ class DiffusionModel(IterationTrainer, keras.Model):
         prediction = self.network(
             self._network_inputs(noisy, logsnr, condition or {}), training=training
         )
+        # Under a mixed policy the network computes in bfloat16/float16; the x/eps/v
+        # conversion, posterior and losses stay in float32.
+        prediction = ops.cast(prediction, "float32")
         return process.x_from_prediction(
             prediction, noisy, process.broadcast_to_data(logsnr, noisy), self.prediction_type
         )
@@ -388,6 +392,19 @@ class DiffusionModel(IterationTrainer, keras.Model):
                 raise ValueError(
                     f"noise must have shape {expected + self.image_shape}; got {noise.shape}."
                 )
+
+        key = (num_steps, sampler, float(guidance_scale), bool(clip), tuple(sorted(condition)))
+        if key not in self._compiled_samplers:
+            self._compiled_samplers[key] = compile_with_variables(
+                lambda noise, condition: self.sample_from_noise(
+                    noise, condition, num_steps, sampler, guidance_scale, clip),
+                self.network.variables,
+            )
+        return self._compiled_samplers[key](noise, condition)
+
+    def sample_from_noise(self, noise, condition, num_steps, sampler="ancestral",
+                          guidance_scale=0.0, clip=False):
+        """The sampler on given noise, uncompiled and unchecked (for tracing, e.g. export)."""
 
         def denoise_fn(z, logsnr):
             return self.guided_denoise(z, logsnr, condition, guidance_scale, clip)
