@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BACKENDS ?= jax tensorflow torch
 # Demo backend chosen by measurement on a 2-core CPU (see README / benchmarks/README.md).
-DEMO_BACKEND ?= torch
+DEMO_BACKEND ?= tensorflow
 PYTEST_ARGS ?=
 
 .PHONY: venv test demo lint clean

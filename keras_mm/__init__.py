@@ -1,12 +1,14 @@
 """keras_mm: multistep distillation of diffusion models via moment matching, for Keras 3."""
 
-from keras_mm import diffusion  # noqa: F401
+from keras_mm import callbacks, datasets, diffusion, images, metrics  # noqa: F401
+from keras_mm.callbacks import FIDCallback, SampleGridCallback  # noqa: F401
 from keras_mm.diffusion import CosineSchedule  # noqa: F401
 from keras_mm.distillation import (  # noqa: F401
     MomentMatchingDistiller,
     estimate_preconditioner,
     preconditioner_from_adam,
 )
-from keras_mm.models import DiffusionModel  # noqa: F401
+from keras_mm.export import export_sampler  # noqa: F401
+from keras_mm.models import DiffusionModel, MLPDenoiser, UViT  # noqa: F401
 
 __version__ = "0.1.0"
