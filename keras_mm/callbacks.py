@@ -6,7 +6,6 @@ generator, or anything with that method) on the same seed and labels at every ca
 that successive values and pictures differ only through the weights.
 """
 
-import contextlib
 import math
 import os
 import threading
@@ -17,6 +16,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mm.backend import no_grad
 from keras_mm.images import save_image_grid
 from keras_mm.metrics.feature_extractor import get_feature_extractor
 from keras_mm.metrics.feature_statistics import FeatureStatistics, iterate_image_batches
@@ -45,16 +45,6 @@ def fixed_labels(labels, num_samples):
             "classes) for balanced labels."
         )
     return labels.astype("int32")
-
-
-def no_grad():
-    """Keeps PyTorch from recording the sampling loop for autograd (a memory leak inside `fit`);
-    the other backends record nothing outside a gradient scope."""
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.no_grad()
-    return contextlib.nullcontext()
 
 
 def check_can_sample(model):

@@ -302,6 +302,16 @@ def test_export_argument_errors(conditional, unconditional):
     assert not os.path.exists("unused")
 
 
+def test_export_after_in_process_sampling(conditional, tmp_path):
+    """`sample` compiles and caches samplers on the model; export must not try to save them."""
+    teacher = conditional["model"]
+    images = np_(teacher.sample(labels=np.array([0, 1], "int32"), num_steps=2))
+    assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images))
+    path = tmp_path / "after_sampling"
+    export_quietly(teacher, str(path), num_steps=2)
+    assert (path / "saved_model.pb").exists()
+
+
 def test_image_grid_layout_and_png(tmp_path):
     images = np.linspace(-1.0, 1.0, 5 * 4 * 3 * 3).reshape(5, 4, 3, 3).astype("float32")
     grid = image_grid(images, ncols=2, padding=1)

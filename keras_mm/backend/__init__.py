@@ -4,6 +4,7 @@ step that threads Keras state through JAX's stateless trainer."""
 from keras_mm.backend.autodiff import (  # noqa: F401
     compile_with_variables,
     jvp,
+    no_grad,
     value_and_grad,
     variable_values,
 )

@@ -142,11 +142,21 @@ def jvp(fn, variables, tangents):
     return out, tangent_out
 
 
+def no_grad():
+    """A context in which PyTorch records nothing for autograd (sampling, frozen encoders);
+    the other backends record nothing outside a gradient scope anyway."""
+    if _BACKEND == "torch":
+        import torch
+
+        return torch.no_grad()
+    return contextlib.nullcontext()
+
+
 def compile_with_variables(fn, variables):
     """Compile `fn(*args)`, which reads `variables`, for repeated eager calls.
 
     JAX: `jax.jit` with the variables' current values passed in (so new weights are used
-    without recompiling); TensorFlow: `tf.function` (variables are captured); torch: `fn`.
+    without recompiling); TensorFlow: `tf.function` (variables are captured); torch: `fn` under `torch.no_grad()`.
     """
     variables = list(variables)
     if _BACKEND == "jax":
@@ -162,4 +172,11 @@ def compile_with_variables(fn, variables):
         import tensorflow as tf
 
         return tf.function(fn, reduce_retracing=True)
-    return fn
+
+    def without_grad(*args):
+        # Sampling never needs gradients; without this torch records the whole
+        # k-step graph (4.1 GB instead of 0.55 GB for 100 samples x 64 steps).
+        with no_grad():
+            return fn(*args)
+
+    return without_grad

@@ -16,6 +16,19 @@ def per_example_mean_square(x):
     return ops.mean(ops.square(x), axis=tuple(range(1, len(x.shape))))
 
 
+class _FunctionCache:
+    """Compiled samplers by configuration, held outside Keras/TensorFlow tracking.
+
+    A plain dict attribute would be tracked (and TensorFlow would then try to save the
+    `tf.function`s in it when the model is exported); this holder is not trackable.
+    """
+
+    __slots__ = ("functions",)
+
+    def __init__(self):
+        self.functions = {}
+
+
 def unpack_batch(data):
     """Split a training element into `(images, condition)`.
 
@@ -91,7 +104,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
     network = keras_mm.UViT.from_preset("uvit_digits")
     teacher = keras_mm.DiffusionModel(network)
     teacher.compile()
-    teacher.fit(keras_mm.datasets.load_digits_dataset(batch_size=128), epochs=10)
+    teacher.fit(*keras_mm.datasets.load_digits(), batch_size=128, epochs=10)
     images = teacher.sample(labels=[0, 1, 2], num_steps=64, seed=0)
     ```
 
@@ -143,7 +156,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
-        self._compiled_samplers = {}
+        self._compiled_samplers = _FunctionCache()
         self._build_network()
 
     # ------------------------------------------------------------------ conditioning
@@ -394,13 +407,14 @@ class DiffusionModel(IterationTrainer, keras.Model):
                 )
 
         key = (num_steps, sampler, float(guidance_scale), bool(clip), tuple(sorted(condition)))
-        if key not in self._compiled_samplers:
-            self._compiled_samplers[key] = compile_with_variables(
+        cache = self._compiled_samplers.functions
+        if key not in cache:
+            cache[key] = compile_with_variables(
                 lambda noise, condition: self.sample_from_noise(
                     noise, condition, num_steps, sampler, guidance_scale, clip),
                 self.network.variables,
             )
-        return self._compiled_samplers[key](noise, condition)
+        return cache[key](noise, condition)
 
     def sample_from_noise(self, noise, condition, num_steps, sampler="ancestral",
                           guidance_scale=0.0, clip=False):
