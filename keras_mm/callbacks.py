@@ -6,6 +6,7 @@ generator, or anything with that method) on the same seed and labels at every ca
 that successive values and pictures differ only through the weights.
 """
 
+import json
 import math
 import os
 import threading
@@ -107,7 +108,10 @@ class FIDCallback(keras.callbacks.Callback):
         feature_extractor: a `keras_mm.metrics.FeatureExtractor` or its name; defaults to
             the one named in `reference_stats`, else `"inception_v3"`.
         save_best_to: path ending in `.weights.h5`; the model's weights are saved there
-            whenever `fid` improves.
+            whenever `fid` improves, and the best FID with its epoch and step next to them
+            (`*.best.json`). A run resumed with the same `save_best_to` (e.g. after
+            `keras.callbacks.BackupAndRestore`) starts from that best FID, so a worse
+            evaluation after the restart does not overwrite the best weights.
         batch_size: samples per `model.sample` call.
         sampler: passed to `model.sample` (`"ancestral"` or `"ddim"`); `None` keeps the
             model's default.
@@ -314,9 +318,24 @@ class FIDCallback(keras.callbacks.Callback):
             results["class_accuracy"] = float(np.mean(predicted == np.concatenate(labels)))
         return results
 
+    @property
+    def best_record_path(self):
+        """Where the best FID is recorded next to `save_best_to` (None without it)."""
+        if self.save_best_to is None:
+            return None
+        return str(self.save_best_to)[: -len(".weights.h5")] + ".best.json"
+
     def on_train_begin(self, logs=None):
         check_can_sample(self.model)  # fail before the first epoch, not after it
         self.prepare_reference()
+        record = self.best_record_path
+        if record is not None and self.best_fid == math.inf and os.path.exists(record):
+            with open(record) as file:
+                best = json.load(file)
+            self.best_fid = best["best_fid"]
+            self.best_epoch, self.best_step = best["best_epoch"], best["best_step"]
+            if self.verbose:
+                print(f"FIDCallback: resuming with best fid={self.best_fid:.4f} from {record}")
 
     def on_epoch_begin(self, epoch, logs=None):
         self._epoch_start_step = self._step
@@ -355,6 +374,9 @@ class FIDCallback(keras.callbacks.Callback):
                 directory = os.path.dirname(os.path.abspath(self.save_best_to))
                 os.makedirs(directory, exist_ok=True)
                 model.save_weights(self.save_best_to)
+                with open(self.best_record_path, "w") as file:
+                    json.dump({"best_fid": float(fid), "best_epoch": epoch,
+                               "best_step": self._step}, file)
         self.evaluations.append({"epoch": epoch, "step": self._step, **results})
         self._last_results = results
         if self.verbose:

@@ -115,6 +115,22 @@ def test_fid_callback_saves_best_weights(tmp_path, reference_stats, training_dat
     # The in-`fit` evaluation read the trained weights (on JAX, after a state sync).
     assert fid.evaluate(model)["fid"] == pytest.approx(fids[-1], rel=1e-5)
 
+    # A resumed run (a new callback, same save_best_to) keeps the best FID: a worse model's
+    # FID (all-zero weights: every sample the same grey image) must not overwrite the best
+    # weights.
+    worse = tiny_generator(learning_rate=0.0)
+    worse.set_weights([np.zeros_like(w) for w in worse.get_weights()])
+    resumed = callbacks.FIDCallback(
+        reference_stats=reference_stats, num_samples=200, batch_size=100,
+        save_best_to=path, verbose=0,
+    )
+    worse.fit(*training_data, batch_size=16, epochs=1, callbacks=[resumed], verbose=0)
+    assert resumed.evaluations[0]["fid"] > min(fids)
+    assert resumed.best_fid == pytest.approx(min(fids)) and resumed.best_epoch == best + 1
+    restored.load_weights(path)
+    for saved, expected in zip(restored.get_weights(), snapshots[best]):
+        np.testing.assert_allclose(saved, expected)
+
 
 def test_fid_callback_every_n_steps_with_labels_and_extra_metrics(digits, training_data):
     model = tiny_generator(learning_rate=0.1)
