@@ -9,6 +9,6 @@ from keras_mm.distillation import (  # noqa: F401
     preconditioner_from_adam,
 )
 from keras_mm.export import export_sampler  # noqa: F401
-from keras_mm.models import DiffusionModel, MLPDenoiser, UViT  # noqa: F401
+from keras_mm.models import DiffusionModel, MLPDenoiser, TextEncoder, UViT  # noqa: F401
 
 __version__ = "0.1.0"

@@ -1,9 +1,10 @@
 """Callbacks that measure and show sample quality during `fit`: `FIDCallback`, `SampleGridCallback`.
 
-Both call the trained model's `sample(num_samples=None, labels=None, num_steps=..., seed=...,
-sampler=..., guidance_scale=...)` (a `DiffusionModel` teacher or a `MomentMatchingDistiller`
-generator, or anything with that method) on the same seed and labels at every call, so
-that successive values and pictures differ only through the weights.
+Both call the trained model's `sample(num_samples=None, labels=None, condition=None,
+num_steps=..., seed=..., sampler=..., guidance_scale=...)` (a `DiffusionModel` teacher or a
+`MomentMatchingDistiller` generator, or anything with that method) on the same seed and
+labels or captions at every call, so that successive values and pictures differ only through
+the weights.
 """
 
 import json
@@ -48,6 +49,27 @@ def fixed_labels(labels, num_samples):
     return labels.astype("int32")
 
 
+def fixed_condition(condition, num_samples):
+    """The per-sample condition of an evaluation (e.g. the text embeddings and masks of
+    `num_samples` captions, from `keras_mm.TextEncoder.encode`) as NumPy arrays, or None."""
+    if condition is None:
+        return None
+    if not isinstance(condition, dict) or not condition:
+        raise ValueError(
+            "`condition` must be a dict of per-sample arrays, e.g. "
+            "text_encoder.encode(captions) = {'text_embeddings': [N, L, D], 'text_mask': "
+            f"[N, L]}}; got {type(condition).__name__}."
+        )
+    condition = {key: np.asarray(ops.convert_to_numpy(value)) for key, value in condition.items()}
+    for key, value in condition.items():
+        if len(value) != num_samples:
+            raise ValueError(
+                f"`condition[{key!r}]` has {len(value)} rows; it needs one per sample "
+                f"(num_samples={num_samples}). Encode num_samples captions."
+            )
+    return condition
+
+
 def check_can_sample(model):
     if not callable(getattr(model, "sample", None)):
         raise TypeError(
@@ -56,10 +78,12 @@ def check_can_sample(model):
         )
 
 
-def draw_samples(model, num_samples, labels, seed, batch_size, **sample_kwargs):
+def draw_samples(model, num_samples, labels, seed, batch_size, condition=None, **sample_kwargs):
     """Yields `(images, labels)` numpy batches of `model.sample`, batch i drawn with seed+i.
 
-    `sample_kwargs` with value `None` are left out, so the model's defaults apply.
+    `condition` (a dict of per-sample arrays, e.g. text embeddings and masks) is sliced
+    like the labels. `sample_kwargs` with value `None` are left out, so the model's
+    defaults apply.
     """
     check_can_sample(model)
     sample_kwargs = {key: value for key, value in sample_kwargs.items() if value is not None}
@@ -67,7 +91,11 @@ def draw_samples(model, num_samples, labels, seed, batch_size, **sample_kwargs):
         size = min(batch_size, num_samples - start)
         batch_labels = None if labels is None else labels[start : start + size]
         with no_grad():
-            if labels is None:
+            if condition is not None:
+                batch_condition = {k: v[start : start + size] for k, v in condition.items()}
+                images = model.sample(labels=batch_labels, condition=batch_condition,
+                                      seed=seed + index, **sample_kwargs)
+            elif labels is None:
                 images = model.sample(num_samples=size, seed=seed + index, **sample_kwargs)
             else:
                 images = model.sample(labels=batch_labels, seed=seed + index, **sample_kwargs)
@@ -105,6 +133,9 @@ class FIDCallback(keras.callbacks.Callback):
         seed: seed of the first sample batch; batch i uses `seed + i`.
         labels: for class-conditional models, one int label per sample, or an int number of
             classes for balanced labels (`arange(num_samples) % labels`).
+        condition: for text-conditional models, the per-sample condition
+            `{"text_embeddings": [N, L, D], "text_mask": [N, L]}` of `num_samples` captions
+            (e.g. `text_encoder.encode(captions)` for captions of the reference images).
         feature_extractor: a `keras_mm.metrics.FeatureExtractor` or its name; defaults to
             the one named in `reference_stats`, else `"inception_v3"`.
         save_best_to: path ending in `.weights.h5`; the model's weights are saved there
@@ -154,6 +185,7 @@ class FIDCallback(keras.callbacks.Callback):
         num_steps=None,
         seed=0,
         labels=None,
+        condition=None,
         feature_extractor=None,
         save_best_to=None,
         batch_size=500,
@@ -226,6 +258,7 @@ class FIDCallback(keras.callbacks.Callback):
         self.num_steps = num_steps
         self.seed = seed
         self.labels = fixed_labels(labels, num_samples)
+        self.condition = fixed_condition(condition, num_samples)
         self.save_best_to = save_best_to
         self.batch_size = batch_size
         self.sampler = sampler
@@ -280,6 +313,7 @@ class FIDCallback(keras.callbacks.Callback):
             self.labels,
             self.seed,
             self.batch_size,
+            condition=self.condition,
             num_steps=self.num_steps,
             sampler=self.sampler,
             guidance_scale=self.guidance_scale,
@@ -407,6 +441,8 @@ class SampleGridCallback(keras.callbacks.Callback):
         labels: for class-conditional models, one int label per sample, or an int number of
             classes for balanced labels (`arange(num_samples) % labels`: with 10 classes and
             10 columns, each column is one class).
+        condition: for text-conditional models, `{"text_embeddings", "text_mask"}` of
+            `num_samples` captions (e.g. `text_encoder.encode(captions)`).
         num_steps, sampler, guidance_scale: passed to `model.sample`; `None` keeps the
             model's default.
         num_columns: images per row; default `ceil(sqrt(num_samples))`.
@@ -430,6 +466,7 @@ class SampleGridCallback(keras.callbacks.Callback):
         num_samples=64,
         seed=0,
         labels=None,
+        condition=None,
         num_steps=None,
         sampler=None,
         guidance_scale=None,
@@ -445,6 +482,7 @@ class SampleGridCallback(keras.callbacks.Callback):
         self.num_samples = num_samples
         self.seed = seed
         self.labels = fixed_labels(labels, num_samples)
+        self.condition = fixed_condition(condition, num_samples)
         self.num_steps = num_steps
         self.sampler = sampler
         self.guidance_scale = guidance_scale
@@ -463,6 +501,7 @@ class SampleGridCallback(keras.callbacks.Callback):
                 self.labels,
                 self.seed,
                 self.num_samples,
+                condition=self.condition,
                 num_steps=self.num_steps,
                 sampler=self.sampler,
                 guidance_scale=self.guidance_scale,

@@ -33,6 +33,7 @@ def export_sampler(
     clip=False,
     export_backend="tensorflow",
     verbose=True,
+    text_encoder=None,
 ):
     """Write a SavedModel that samples from `model` in `num_steps` steps.
 
@@ -49,12 +50,25 @@ def export_sampler(
       (no `labels` for unconditional models): one network evaluation, unguided, for users
       who write their own loop. The null label `num_classes` gives the unconditional x_hat.
     - `metadata() -> dict`: num_steps, sampler, guidance_scale, output, image_shape,
-      num_classes (-1 when unconditional).
+      num_classes (-1 when unconditional), text_dim and sequence_length (-1 when unused).
+
+    Text-conditional models (network `text_dim` set) take a caption's T5 embeddings instead
+    of labels: `sample(text_embeddings: float32[B, L, text_dim], text_mask: bool[B, L],
+    seed)`, `sample_from_noise(text_embeddings, text_mask, noise)` and
+    `denoise(noisy, logsnr, text_embeddings, text_mask)`; an all-False mask row is the null
+    caption. With `text_encoder`, the frozen T5 encoder is exported too, so captions' token
+    ids work without keras_mm or KerasHub: `sample_from_tokens(token_ids: int32[B, L],
+    padding_mask: bool[B, L], seed)` and `encode_text(token_ids, padding_mask) ->
+    {"text_embeddings", "text_mask"}`. The token ids are those of the T5 SentencePiece
+    tokenizer (`text_encoder.tokenize(captions)`; any SentencePiece runtime with the
+    preset's `vocabulary.spm`, adding the end token `</s>`); the tokenizer itself is not in
+    the graph, which would need TensorFlow Text to load.
 
     Images are uint8 in [0, 255] (`round((x + 1) * 127.5)`, clipped) with `output="uint8"`,
     or the sampler's float32 x_hat, roughly in [-1, 1] and clipped only when `clip=True`, with
     `output="float"`. Labels must lie in [0, num_classes], num_classes being the null label
-    of classifier-free guidance, and B must be >= 1: the graph checks this and raises
+    of classifier-free guidance, token ids in the T5 vocabulary, text masks must match their
+    embeddings' [B, L], and B must be >= 1: the graph checks this and raises
     `InvalidArgumentError` naming the bad input.
 
     On the JAX and TensorFlow backends the model is exported in this process. On the torch
@@ -74,6 +88,8 @@ def export_sampler(
         export_backend: "tensorflow" or "jax": the backend of the subprocess that exports a
             model from the torch backend (unused on the other backends).
         verbose: print where the SavedModel went and its endpoints.
+        text_encoder: for a text-conditional model, the `keras_mm.TextEncoder` it was
+            trained with, to add the token-id endpoints.
 
     Returns:
         `path`.
@@ -84,6 +100,13 @@ def export_sampler(
     # Anywhere with TensorFlow, no keras_mm needed:
     sampler = tf.saved_model.load("digits_sampler")
     images = sampler.sample(labels=tf.constant([0, 1, 2]), seed=tf.constant([0, 0]))
+
+    # Text to image: tokens from the T5 tokenizer, encoder and sampler in the SavedModel.
+    keras_mm.export_sampler(student.generator, "t2i_sampler", num_steps=8,
+                            text_encoder=encoder)
+    tokens = encoder.tokenize(["a red square on the left"])
+    images = tf.saved_model.load("t2i_sampler").sample_from_tokens(
+        token_ids=tokens["token_ids"], padding_mask=tokens["padding_mask"], seed=[0, 0])
     ```
 
     References:
@@ -98,17 +121,12 @@ def export_sampler(
     if output not in OUTPUTS:
         raise ValueError(f"Unknown output {output!r}; expected one of {OUTPUTS}.")
     guidance_scale = float(guidance_scale)
-    if guidance_scale and model.num_classes is None:
+    if guidance_scale and model.num_classes is None and model.text_dim is None:
         raise ValueError(
             f"guidance_scale={guidance_scale} needs a class-conditional model; this one has "
             "num_classes=None. Export with guidance_scale=0."
         )
-    if model.text_dim is not None:
-        raise NotImplementedError(
-            "Exporting text-conditional models (network text_dim is set) is not supported "
-            "yet: the endpoints taking text_embeddings [B, L, D] and text_mask [B, L] are "
-            "still to come. Export a class-conditional or unconditional model."
-        )
+    _check_text_encoder(model, text_encoder)
     options = {
         "num_steps": num_steps,
         "sampler": sampler,
@@ -118,16 +136,46 @@ def export_sampler(
     }
     backend = keras.backend.backend()
     if backend in DIRECT_BACKENDS:
-        _write_saved_model(model, os.fspath(path), **options)
+        _write_saved_model(model, os.fspath(path), text_encoder=text_encoder, **options)
+    elif text_encoder is not None:
+        _export_text_in_subprocess(model, text_encoder, os.fspath(path), export_backend,
+                                   verbose, options)
     else:
         _export_in_subprocess(model, os.fspath(path), export_backend, verbose, **options)
     if verbose:
         kind = "unconditional" if model.num_classes is None else "class-conditional"
+        endpoints = "sample, sample_from_noise, denoise, metadata"
+        if model.text_dim is not None:
+            kind = "text-conditional"
+            if text_encoder is not None:
+                endpoints += ", sample_from_tokens, encode_text"
         print(
             f"Saved a {num_steps}-step {sampler} sampler ({kind}, {output} images) to "
-            f"'{os.fspath(path)}'. Endpoints: sample, sample_from_noise, denoise, metadata."
+            f"'{os.fspath(path)}'. Endpoints: {endpoints}."
         )
     return path
+
+
+def _check_text_encoder(model, text_encoder):
+    if text_encoder is None:
+        return
+    if model.text_dim is None:
+        raise ValueError(
+            "A text_encoder was given, but the model is not text-conditional (network "
+            "text_dim=None). Drop text_encoder, or export a model built with text_dim."
+        )
+    from keras_mm.models.text_encoder import TextEncoder
+
+    if not isinstance(text_encoder, TextEncoder):
+        raise TypeError(
+            f"text_encoder must be a keras_mm.TextEncoder; got {type(text_encoder).__name__}."
+        )
+    if text_encoder.hidden_dim != model.text_dim:
+        raise ValueError(
+            f"The text encoder's embeddings have width {text_encoder.hidden_dim}, but the "
+            f"model was built with text_dim={model.text_dim}: pass the encoder the model was "
+            "trained with."
+        )
 
 
 def sampler_noise(seed, batch_size, image_shape, num_steps, sampler="ancestral"):
@@ -153,23 +201,40 @@ def _seed_pair(seed):
 
 
 # ---------------------------------------------------------------------- the SavedModel
-def _write_saved_model(model, path, num_steps, sampler, guidance_scale, output, clip):
+def _write_saved_model(model, path, num_steps, sampler, guidance_scale, output, clip,
+                       text_encoder=None):
     import tensorflow as tf
 
     image_shape = tuple(model.image_shape)
     num_classes = model.num_classes
     num_draws = samplers.num_noise_draws(sampler, num_steps)
     conditional = num_classes is not None
+    text_dim = model.text_dim
     archive = keras.export.ExportArchive()
     archive.track(model)
+    encoder_core = None
+    if text_encoder is not None:
+        # The encoder's layers without its preprocessor, whose SentencePiece op would make
+        # the SavedModel need TensorFlow Text.
+        encoder_core = keras.Model(text_encoder.input, text_encoder.output)
+        archive.track(encoder_core)
 
     # Model code, traced on the current backend. The condition travels as a tuple of tensors
     # (labels; for text, later: text_embeddings and text_mask), so that a text-conditional
     # model adds its specs here and its own endpoints below.
     condition_specs = [tf.TensorSpec([None], tf.int32, name="labels")] if conditional else []
     condition_shapes = ["(b,)"] if conditional else []
+    if text_dim is not None:
+        text_specs = [
+            tf.TensorSpec([None, None, text_dim], tf.float32, name="text_embeddings"),
+            tf.TensorSpec([None, None], tf.bool, name="text_mask"),
+        ]
+        condition_specs = text_specs
+        condition_shapes = [f"(b, l, {text_dim})", "(b, l)"]
 
     def to_condition(condition_tensors):
+        if text_dim is not None:
+            return {"text_embeddings": condition_tensors[0], "text_mask": condition_tensors[1]}
         return {"labels": condition_tensors[0]} if conditional else {}
 
     def sample_fn(noise, *condition_tensors):
@@ -239,7 +304,103 @@ def _write_saved_model(model, path, num_steps, sampler, guidance_scale, output, 
         return tf.random.stateless_normal([num_draws, batch_size, *image_shape], seed=seed)
 
     seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
-    if conditional:
+    token_endpoints = []
+    if text_dim is not None:
+
+        def check_text(text_embeddings, text_mask, batch_size=None, what="noise"):
+            shape = tf.shape(text_embeddings)
+            checks = [
+                tf.debugging.assert_positive(
+                    shape[0], message="text_embeddings must hold at least one caption (B >= 1)."
+                ),
+                tf.debugging.assert_equal(
+                    tf.shape(text_mask), shape[:2],
+                    message="text_mask must have the shape [B, L] of text_embeddings [B, L, D].",
+                ),
+            ]
+            if batch_size is not None:
+                checks.append(tf.debugging.assert_equal(
+                    batch_size, shape[0],
+                    message=f"{what} must have the batch size of the text embeddings.",
+                ))
+            return checks
+
+        @tf.function(input_signature=[*text_specs, seed_spec], autograph=False)
+        def sample(text_embeddings, text_mask, seed):
+            text_embeddings, text_mask, seed = after(
+                check_text(text_embeddings, text_mask), text_embeddings, text_mask, seed)
+            noise = draw_noise(tf.shape(text_embeddings)[0], seed)
+            return to_output(sample_core(noise, text_embeddings, text_mask))
+
+        @tf.function(input_signature=[*text_specs, noise_spec], autograph=False)
+        def sample_from_noise(text_embeddings, text_mask, noise):
+            checks = check_text(text_embeddings, text_mask, tf.shape(noise)[1])
+            text_embeddings, text_mask, noise = after(checks, text_embeddings, text_mask, noise)
+            return to_output(sample_core(noise, text_embeddings, text_mask))
+
+        @tf.function(input_signature=[image_spec, logsnr_spec, *text_specs], autograph=False)
+        def denoise(noisy, logsnr, text_embeddings, text_mask):
+            batch_size = tf.shape(noisy)[0]
+            checks = check_text(text_embeddings, text_mask, batch_size, "noisy") + [
+                tf.debugging.assert_equal(tf.shape(logsnr)[0], batch_size,
+                                          message="logsnr must have the batch size of noisy.")]
+            return denoise_core(*after(checks, noisy, logsnr, text_embeddings, text_mask))
+
+        if encoder_core is not None:
+            vocabulary_size = text_encoder.vocabulary_size
+            token_specs = [
+                tf.TensorSpec([None, None], tf.int32, name="token_ids"),
+                tf.TensorSpec([None, None], tf.bool, name="padding_mask"),
+            ]
+
+            def encode_fn(token_ids, padding_mask):
+                out = encoder_core(
+                    {"token_ids": token_ids, "padding_mask": keras.ops.cast(padding_mask, "int32")}
+                )
+                return out["text_embeddings"], out["text_mask"]
+
+            encode_core = _backend_function(
+                archive, "encode_core", encode_fn, token_specs, ["(b, l)", "(b, l)"])
+
+            def check_tokens(token_ids, padding_mask):
+                return [
+                    tf.debugging.assert_positive(
+                        tf.shape(token_ids)[0],
+                        message="token_ids must hold at least one caption (B >= 1).",
+                    ),
+                    tf.debugging.assert_equal(
+                        tf.shape(padding_mask), tf.shape(token_ids),
+                        message="padding_mask must have the shape [B, L] of token_ids.",
+                    ),
+                    tf.debugging.assert_non_negative(
+                        token_ids, message="token_ids must be >= 0; got a negative token id."
+                    ),
+                    tf.debugging.assert_less(
+                        token_ids, tf.constant(vocabulary_size, tf.int32),
+                        message=f"token_ids must be below the T5 vocabulary size "
+                        f"{vocabulary_size}; got a larger id.",
+                    ),
+                ]
+
+            @tf.function(input_signature=token_specs, autograph=False)
+            def encode_text(token_ids, padding_mask):
+                token_ids, padding_mask = after(
+                    check_tokens(token_ids, padding_mask), token_ids, padding_mask)
+                text_embeddings, text_mask = encode_core(token_ids, padding_mask)
+                return {"text_embeddings": text_embeddings, "text_mask": text_mask}
+
+            @tf.function(input_signature=[*token_specs, seed_spec], autograph=False)
+            def sample_from_tokens(token_ids, padding_mask, seed):
+                token_ids, padding_mask, seed = after(
+                    check_tokens(token_ids, padding_mask), token_ids, padding_mask, seed)
+                text_embeddings, text_mask = encode_core(token_ids, padding_mask)
+                noise = draw_noise(tf.shape(token_ids)[0], seed)
+                return to_output(sample_core(noise, text_embeddings, text_mask))
+
+            token_endpoints = [("sample_from_tokens", sample_from_tokens),
+                               ("encode_text", encode_text)]
+
+    elif conditional:
         labels_spec = tf.TensorSpec([None], tf.int32, name="labels")
 
         @tf.function(input_signature=[labels_spec, seed_spec], autograph=False)
@@ -300,6 +461,11 @@ def _write_saved_model(model, path, num_steps, sampler, guidance_scale, output, 
             "output": tf.constant(output),
             "image_shape": tf.constant(image_shape, tf.int32),
             "num_classes": tf.constant(-1 if num_classes is None else num_classes, tf.int32),
+            "text_dim": tf.constant(-1 if text_dim is None else text_dim, tf.int32),
+            "sequence_length": tf.constant(
+                (text_encoder.sequence_length or -1) if text_encoder is not None else -1,
+                tf.int32,
+            ),
         }
 
     for name, function in [
@@ -307,6 +473,7 @@ def _write_saved_model(model, path, num_steps, sampler, guidance_scale, output, 
         ("sample_from_noise", sample_from_noise),
         ("denoise", denoise),
         ("metadata", metadata),
+        *token_endpoints,
     ]:
         function.get_concrete_function()  # traced now, so ExportArchive takes it as is
         archive.add_endpoint(name, function)
@@ -376,6 +543,67 @@ def _export_in_subprocess(model, path, export_backend, verbose, **options):
             f"Exporting under the {export_backend} backend failed (exit code "
             f"{result.returncode}). Check that {needs} installed. The subprocess said:\n"
             + result.stderr[-3000:]
+        )
+
+
+# Run under `export_backend` by `_export_text_in_subprocess` (the CLI takes no text encoder).
+_EXPORT_TEXT_SCRIPT = """
+import importlib, json, sys
+spec = json.load(open(sys.argv[1]))
+for module in spec["modules"]:
+    importlib.import_module(module)
+import keras
+from keras_mm.export import export_sampler
+model = keras.saving.load_model(spec["model"])
+encoder = keras.saving.load_model(spec["text_encoder"])
+export_sampler(model, spec["out"], text_encoder=encoder, verbose=False, **spec["options"])
+"""
+
+
+def _export_text_in_subprocess(model, text_encoder, path, export_backend, verbose, options):
+    """The torch route of `_export_in_subprocess` for a model and its text encoder."""
+    import json
+
+    if export_backend not in DIRECT_BACKENDS:
+        raise ValueError(
+            f"export_backend must be one of {DIRECT_BACKENDS}; got {export_backend!r}."
+        )
+    modules = custom_object_modules(
+        [keras.saving.serialize_keras_object(model),
+         keras.saving.serialize_keras_object(text_encoder)]
+    )
+    if "__main__" in modules:
+        raise ValueError(
+            "The model uses custom classes defined in __main__, which the export subprocess "
+            "cannot import. Move them to a module and import them from there."
+        )
+    if verbose:
+        print(
+            f"Keras cannot write a SavedModel from the {keras.backend.backend()} backend (it "
+            f"needs torch_xla): saving the model and text encoder as .keras and exporting "
+            f"them with the {export_backend} backend in a subprocess."
+        )
+    with tempfile.TemporaryDirectory() as tmp:
+        spec = {
+            "model": os.path.join(tmp, "model.keras"),
+            "text_encoder": os.path.join(tmp, "text_encoder.keras"),
+            "out": os.path.abspath(path),
+            "options": options,
+            "modules": modules,
+        }
+        model.save(spec["model"])
+        text_encoder.save(spec["text_encoder"])
+        spec_path = os.path.join(tmp, "spec.json")
+        with open(spec_path, "w") as file:
+            json.dump(spec, file)
+        env = dict(os.environ, KERAS_BACKEND=export_backend)
+        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
+        result = subprocess.run([sys.executable, "-c", _EXPORT_TEXT_SCRIPT, spec_path],
+                                env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(
+            f"Exporting under the {export_backend} backend failed (exit code "
+            f"{result.returncode}). The subprocess said:\n" + result.stderr[-3000:]
         )
 
 

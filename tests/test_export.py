@@ -281,25 +281,28 @@ def test_cli_errors_are_readable(conditional, tmp_path, capsys):
     assert not os.path.exists(out)
 
 
-def test_export_argument_errors(conditional, unconditional):
+def test_export_argument_errors(conditional, unconditional, tmp_path):
     teacher = conditional["model"]
+    unused = str(tmp_path / "unused")
     with pytest.raises(TypeError, match="DiffusionModel"):
-        export_sampler(teacher.network, "unused", num_steps=2)
+        export_sampler(teacher.network, unused, num_steps=2)
     with pytest.raises(ValueError, match="output"):
-        export_sampler(teacher, "unused", num_steps=2, output="png")
+        export_sampler(teacher, unused, num_steps=2, output="png")
     with pytest.raises(ValueError, match="num_steps"):
-        export_sampler(teacher, "unused", num_steps=0)
+        export_sampler(teacher, unused, num_steps=0)
     with pytest.raises(ValueError, match="sampler"):
-        export_sampler(teacher, "unused", num_steps=2, sampler="euler")
+        export_sampler(teacher, unused, num_steps=2, sampler="euler")
     with pytest.raises(ValueError, match="class-conditional"):
-        export_sampler(unconditional["model"], "unused", num_steps=2, guidance_scale=1.0)
+        export_sampler(unconditional["model"], unused, num_steps=2, guidance_scale=1.0)
     distiller = MomentMatchingDistiller(teacher, num_steps=2)
     with pytest.raises(TypeError, match=r"Pass its `\.generator`"):
-        export_sampler(distiller, "unused", num_steps=2)
+        export_sampler(distiller, unused, num_steps=2)
+    with pytest.raises(ValueError, match="not text-conditional"):
+        export_sampler(teacher, unused, num_steps=2, text_encoder="t5")
     text_model = keras_mm.DiffusionModel(TextStubNet())
-    with pytest.raises(NotImplementedError, match="text_embeddings"):
-        export_sampler(text_model, "unused", num_steps=2)
-    assert not os.path.exists("unused")
+    with pytest.raises(TypeError, match="keras_mm.TextEncoder"):
+        export_sampler(text_model, unused, num_steps=2, text_encoder="t5")
+    assert not os.path.exists(unused)
 
 
 def test_export_after_in_process_sampling(conditional, tmp_path):

@@ -54,6 +54,43 @@ def unpack_batch(data):
     return x, ({} if y is None else {"labels": y})
 
 
+def check_text_shapes(text_embeddings, text_mask, text_dim, batch_size=None):
+    """Raise a clear ValueError unless text_embeddings [B, L, text_dim] and text_mask [B, L]
+    fit together (`None` dimensions, as in traced functions, pass)."""
+    if text_embeddings is None or text_mask is None:
+        given, missing = ("text_mask", "text_embeddings") if text_embeddings is None else (
+            "text_embeddings", "text_mask")
+        raise ValueError(
+            f"Text conditioning needs both text_embeddings [B, L, D] and text_mask [B, L]; got "
+            f"{given} without {missing} (keras_mm.TextEncoder.encode returns both)."
+        )
+    embeddings_shape, mask_shape = tuple(text_embeddings.shape), tuple(text_mask.shape)
+    if len(embeddings_shape) != 3 or len(mask_shape) != 2:
+        raise ValueError(
+            "text_embeddings must be [B, L, D] and text_mask [B, L]; got shapes "
+            f"{embeddings_shape} and {mask_shape}."
+        )
+
+    def differ(a, b):
+        return a is not None and b is not None and a != b
+
+    if differ(embeddings_shape[0], mask_shape[0]) or differ(embeddings_shape[1], mask_shape[1]):
+        raise ValueError(
+            f"text_embeddings {embeddings_shape} and text_mask {mask_shape} must agree on the "
+            "batch and sequence length [B, L]."
+        )
+    if differ(embeddings_shape[2], text_dim):
+        raise ValueError(
+            f"text_embeddings have width {embeddings_shape[2]}, but the network was built with "
+            f"text_dim={text_dim}: use the text encoder the model was trained with (its "
+            "hidden_dim), or build the network with text_dim=hidden_dim."
+        )
+    if differ(embeddings_shape[0], batch_size):
+        raise ValueError(
+            f"Got {embeddings_shape[0]} text embeddings for a batch of {batch_size} images."
+        )
+
+
 def check_training_arrays(model, x, y=None):
     """Validate numpy training data for `model` (a `DiffusionModel`) before `fit` compiles:
     image shape, NaN/inf values and the label range. Datasets and generators are checked
@@ -68,6 +105,11 @@ def check_training_arrays(model, x, y=None):
             f"The training images contain NaN or inf values ({int((~finite).sum())} examples, "
             f"first at index {int(np.argmin(finite))}); clean the data before fit."
         )
+    if isinstance(x, dict) and ("text_embeddings" in x or "text_mask" in x):
+        if model.text_dim is None:
+            model.check_condition({"text_embeddings": None})  # raises the clear error
+        check_text_shapes(x.get("text_embeddings"), x.get("text_mask"), model.text_dim,
+                          len(images))
     labels = x.get("labels") if isinstance(x, dict) else y
     if labels is not None and model.num_classes is not None:
         labels = np.asarray(labels)
@@ -199,7 +241,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
                 "Labels were given, but this model is unconditional (its network has "
                 "num_classes=None). Drop the labels or build the network with num_classes."
             )
-        if "text_embeddings" in condition and self.text_dim is None:
+        if ("text_embeddings" in condition or "text_mask" in condition) and self.text_dim is None:
             raise ValueError(
                 "Text conditioning was given, but this model was built without it (network "
                 "text_dim=None). Build the network with text_dim=... to condition on text."
@@ -234,6 +276,11 @@ class DiffusionModel(IterationTrainer, keras.Model):
                         f"Got {values.shape[0]} labels for a batch of {batch_size} images."
                     )
             condition["labels"] = ops.cast(labels, "int32")
+        if "text_embeddings" in condition or "text_mask" in condition:
+            check_text_shapes(condition.get("text_embeddings"), condition.get("text_mask"),
+                              self.text_dim, batch_size)
+            condition["text_embeddings"] = ops.cast(condition["text_embeddings"], "float32")
+            condition["text_mask"] = ops.cast(condition["text_mask"], "bool")
         return condition
 
     def check_images(self, images):
