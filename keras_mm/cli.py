@@ -1,21 +1,39 @@
 """The `keras-mm` command line.
 
+    keras-mm train-teacher --config digits --run-dir runs/teacher
+    keras-mm distill --config digits --teacher runs/teacher/teacher.keras --run-dir runs/student
+    keras-mm evaluate --config digits --model runs/student/generator.keras
+    keras-mm export --model runs/student/generator.keras --num-steps 8 --out runs/sampler
+    keras-mm sample --model runs/sampler --labels 1,2,3 --seed 0 --out grid.png
+
+`train-teacher`, `distill` and `evaluate` read a named config (`keras_mm.configs`) or a JSON
+file, changed by `--set section.key=value` and explicit flags. Training runs in checkpoints
+of `checkpoint_every` steps (a Keras "epoch" each): a progress bar, a CSV and TensorBoard row
+and a `keras.callbacks.BackupAndRestore` checkpoint per checkpoint, so re-running an
+interrupted command resumes it.
+
 Each subcommand is a pair of functions: `add_<name>_command(subparsers)` declares its
 arguments and sets `run=<function>`, which takes the parsed arguments and returns an exit
-code. To add one, write the pair and list the `add_` function in `COMMANDS`.
-
-    keras-mm sample --model sampler/ --labels 1,2,3 --seed 0 --out grid.png
-    keras-mm sample --model teacher.keras --labels 1,2,3 --num-steps 64 --out grid.png
-    keras-mm export --model generator.keras --num-steps 8 --out sampler/
+code. To add one, write the pair and list the `add_` function in `COMMANDS`. Keras is
+imported inside the functions only: `--backend` must be set before Keras starts (see
+`select_backend`).
 """
 
 import argparse
 import importlib
+import importlib.util
 import json
+import math
 import os
 import re
+import shutil
+import subprocess
 import sys
+import textwrap
+import time
 import zipfile
+
+BACKENDS = ("jax", "tensorflow", "torch")
 
 
 class CommandError(Exception):
@@ -24,6 +42,10 @@ class CommandError(Exception):
 
 def main(argv=None):
     """Entry point of `keras-mm`; returns the exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    backend = requested_backend(argv)
+    if backend is not None and not select_backend(backend):
+        return rerun_with_backend(backend, argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
@@ -36,14 +58,216 @@ def main(argv=None):
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="keras-mm",
-        description="Multistep distillation of diffusion models via moment matching.",
+        description="Multistep distillation of diffusion models via moment matching: train a "
+        "teacher, distill a few-step student, evaluate, export and sample. `keras-mm COMMAND "
+        "--help` explains each command and its config keys.",
     )
+    add_backend_argument(parser, default=None)
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for add_command in COMMANDS:
         add_command(subparsers)
     return parser
 
 
+# ---------------------------------------------------------------------- backend
+def requested_backend(argv):
+    """The value of `--backend X` / `--backend=X` in `argv`, if a valid one is there."""
+    for index, token in enumerate(argv):
+        if token == "--backend" and index + 1 < len(argv):
+            value = argv[index + 1]
+        elif token.startswith("--backend="):
+            value = token.partition("=")[2]
+        else:
+            continue
+        return value if value in BACKENDS else None
+    return None
+
+
+def select_backend(backend):
+    """Sets KERAS_BACKEND before Keras is imported; False if Keras already runs another."""
+    if "keras" not in sys.modules:
+        os.environ["KERAS_BACKEND"] = backend
+        return True
+    import keras
+
+    return keras.backend.backend() == backend
+
+
+def rerun_with_backend(backend, argv):
+    """Runs the command in a fresh process whose Keras starts on `backend`.
+
+    Keras fixes its backend when first imported, and `import keras_mm` (which runs before
+    this module) imports Keras, so a different backend needs a new interpreter.
+    """
+    env = dict(os.environ, KERAS_BACKEND=backend)
+    return subprocess.call([sys.executable, "-m", "keras_mm.cli", *argv], env=env)
+
+
+def add_backend_argument(parser, default=argparse.SUPPRESS):
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=default,
+        help="Keras backend (default: $KERAS_BACKEND, else Keras's configured one). It is "
+        "set before Keras is imported; if Keras is already running another backend, the "
+        "command re-runs itself in a fresh process.")
+
+
+# ---------------------------------------------------------------------- configs
+CONFIG_EPILOG = (
+    "Configs: {presets}, or a JSON file (a full config, or {{\"base\": \"<preset>\", ...}} with "
+    "the keys that change). --print-config shows the resolved one. Keys for --set KEY=VALUE "
+    "(values are JSON: 8, 1e-4, null, true, [32, 32, 3], {{\"base_channels\": 64}}; anything "
+    "else is a string):"
+)
+
+
+def add_config_arguments(parser, default="digits", model_fallback=None):
+    """--config, --set, --print-config and --backend. Commands on a saved model take
+    `default=None`: their config defaults to the model's run config, else `model_fallback`."""
+    from keras_mm.configs import CONFIGS
+
+    if default is not None:
+        which = f"default {default}"
+    else:
+        which = "default: the config.json beside --model, written by train-teacher/distill"
+        which += f", else {model_fallback}" if model_fallback else ", if any"
+    parser.add_argument("--config", default=default, metavar="NAME_OR_FILE",
+                        help=f"config preset ({', '.join(CONFIGS)}) or JSON file ({which}).")
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        help="override a config key, e.g. --set distill.steps=100 --set "
+        "model.uvit.base_channels=64 (repeatable; applied before the explicit flags).")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the resolved config as JSON and exit.")
+    add_backend_argument(parser)
+
+
+def wrap(text):
+    """`text` filled to the terminal's usual width (help texts with a raw epilog)."""
+    return textwrap.fill(text, width=88)
+
+
+def config_epilog(sections):
+    from keras_mm.configs import CONFIGS, describe_keys
+
+    header = wrap(CONFIG_EPILOG.format(presets=", ".join(CONFIGS)))
+    return f"{header}\n{describe_keys(sections)}\n"
+
+
+def resolve_config(args, section=None, flags=()):
+    """The config named by `--config`, with `--set` overrides, then the explicit flags
+    (`flags`: pairs of argument name and key of `section`)."""
+    from keras_mm import configs
+
+    try:
+        config = configs.get_config(args.config)
+        config = configs.apply_overrides(config, args.overrides)
+        for name, key in flags:
+            value = getattr(args, name, None)
+            if value is not None:
+                config = configs.set_value(config, f"{section}.{key}", value)
+        configs.check_config(config)
+    except (TypeError, ValueError) as error:
+        raise CommandError(str(error)) from None
+    return config
+
+
+def run_config_of(model_path):
+    """The config.json that train-teacher / distill wrote beside `model_path`, if any."""
+    path = os.path.join(os.path.dirname(os.path.abspath(model_path)), "config.json")
+    return path if os.path.isfile(path) else None
+
+
+def resolve_model_config(args, fallback, flags=(), section=None):
+    """The config of a command on a saved model: --config, else the model's run config,
+    else `fallback` (None: no config)."""
+    if args.config is None:
+        args.config = run_config_of(args.model) or fallback
+        if args.config is not None and args.config != fallback:
+            print(f"Using the config of the model's run, {args.config}.")
+    if args.config is None:
+        return None
+    return resolve_config(args, section, flags)
+
+
+def print_config(config):
+    print(json.dumps(config, indent=2))
+    return 0
+
+
+def check_runnable(config, command):
+    source = config["data"]["source"]
+    if source == "captions":
+        raise CommandError(
+            f"`keras-mm {command}` does not run text-to-image configs yet: captions need a "
+            "text encoder (keras_mm.TextEncoder, a KerasHub T5) and an encoded caption "
+            "dataset. Use the Python API as in examples/text_to_image.py (TextEncoder, "
+            "keras_mm.datasets.captioned_dataset, DiffusionModel, MomentMatchingDistiller)."
+        )
+    if source not in ("digits", "tfds"):
+        raise CommandError(
+            f"Unknown data.source {source!r}; expected 'digits', 'tfds' or 'captions'."
+        )
+
+
+# ---------------------------------------------------------------------- data
+def training_stream(config, batch_size, seed):
+    """Endless training batches: `(images, labels)`, or images for unconditional configs."""
+    from keras_mm import datasets
+
+    data = config["data"]
+    conditional = data["num_classes"] is not None
+    if data["source"] == "digits":
+        images, labels = datasets.load_digits()
+        return datasets.infinite_batches(images, labels if conditional else None,
+                                         batch_size=batch_size, seed=seed)
+    dataset = datasets.tfds_image_dataset(
+        data["name"], split=data["split"], image_size=data["image_shape"][0],
+        batch_size=batch_size, random_flip=data["random_flip"], seed=seed,
+        data_dir=data["data_dir"], shuffle_buffer=data["shuffle_buffer"],
+    )
+    return dataset if conditional else dataset.map(lambda images, labels: images)
+
+
+def reference_images(config):
+    """The real images that FID compares with: an array, or numpy batches from TFDS."""
+    from keras_mm import datasets
+
+    data, evaluation = config["data"], config["eval"]
+    if data["source"] == "digits":
+        images = datasets.load_digits(return_labels=False)
+        return images[: evaluation["num_reference"]]
+    import tensorflow_datasets as tfds
+
+    return tfds.as_numpy(datasets.tfds_image_dataset(
+        data["name"], split=evaluation["reference_split"], image_size=data["image_shape"][0],
+        batch_size=evaluation["batch_size"], shuffle=False, repeat=False,
+        num_examples=evaluation["num_reference"], drop_remainder=False,
+        data_dir=data["data_dir"],
+    ))
+
+
+def feature_extractor(config, classifier_head=False):
+    from keras_mm.metrics import InceptionFeatures, get_feature_extractor
+
+    evaluation = config["eval"]
+    if evaluation["feature_extractor"] != "inception_v3":
+        try:
+            return get_feature_extractor(evaluation["feature_extractor"])
+        except ValueError as error:
+            raise CommandError(f"eval.feature_extractor: {error}") from None
+    weights = evaluation["inception_weights"]
+    try:
+        return InceptionFeatures(weights=weights, classifier_head=classifier_head,
+                                 batch_size=min(64, evaluation["batch_size"]))
+    except Exception as error:  # noqa: BLE001 - keras.utils.get_file raises bare Exception
+        raise CommandError(
+            f"Could not build Inception-v3 with weights={weights!r} ({error}). Keras downloads "
+            "the ImageNet weights on first use; without internet, pass a local weights file "
+            "with --set eval.inception_weights='\"/path/to/weights.h5\"'."
+        ) from None
+
+
+# ---------------------------------------------------------------------- models
 def import_custom_modules(modules):
     """Import the modules that register a `.keras` model's custom layers."""
     for module in modules or ():
@@ -53,10 +277,12 @@ def import_custom_modules(modules):
             raise CommandError(f"--custom-module {module}: {error}") from error
 
 
-def load_keras_model(path, custom_modules=()):
-    """Load a `.keras` DiffusionModel, importing the keras_mm modules its config names."""
+def load_keras_model(path, custom_modules=(), allow_distiller=False, compile=False):
+    """Load a `.keras` DiffusionModel (or, with `allow_distiller`, a MomentMatchingDistiller),
+    importing the keras_mm modules its config names."""
     import keras
 
+    from keras_mm.distillation import MomentMatchingDistiller
     from keras_mm.export import custom_object_modules
     from keras_mm.models.diffusion_model import DiffusionModel
 
@@ -71,18 +297,573 @@ def load_keras_model(path, custom_modules=()):
     own_modules = [m for m in custom_object_modules(config) if m.startswith("keras_mm.")]
     import_custom_modules(own_modules + list(custom_modules))
     try:
-        model = keras.saving.load_model(path, compile=False)
+        model = keras.saving.load_model(path, compile=compile)
     except (TypeError, ValueError) as error:
         raise CommandError(
             f"Could not load '{path}': {error}\nIf the network uses custom layers, pass the "
             "module that defines them with --custom-module."
         ) from error
-    if not isinstance(model, DiffusionModel):
+    allowed = (DiffusionModel, MomentMatchingDistiller) if allow_distiller else DiffusionModel
+    if not isinstance(model, allowed):
         raise CommandError(
             f"'{path}' holds a {type(model).__name__}, not a keras_mm.DiffusionModel. Save "
             "the teacher or the distiller's `.generator`."
         )
     return model
+
+
+def build_teacher(config):
+    """A fresh `DiffusionModel` around the config's UViT."""
+    from keras_mm.models.diffusion_model import DiffusionModel
+    from keras_mm.models.uvit import UViT
+
+    model = config["model"]
+    try:
+        if model["uvit_preset"]:
+            network = UViT.from_preset(model["uvit_preset"], **model["uvit"])
+        else:
+            network = UViT(**model["uvit"])
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"Could not build the UViT from model.uvit_preset/model.uvit: "
+                           f"{error}") from None
+    check_model_fits_data(network, config)
+    return DiffusionModel(
+        network,
+        prediction_type=model["prediction_type"],
+        loss_weighting=model["loss_weighting"],
+        condition_dropout=model["condition_dropout"],
+        seed=config["teacher"]["seed"],
+    )
+
+
+def check_model_fits_data(model, config):
+    data = config["data"]
+    if tuple(model.image_shape) != tuple(data["image_shape"]):
+        raise CommandError(
+            f"The network's image_shape {tuple(model.image_shape)} differs from "
+            f"data.image_shape {tuple(data['image_shape'])}; set model.uvit.image_shape "
+            "or data.image_shape so that they agree."
+        )
+    if model.num_classes != data["num_classes"]:
+        raise CommandError(
+            f"The network has num_classes={model.num_classes} but data.num_classes is "
+            f"{data['num_classes']}; set model.uvit.num_classes to match."
+        )
+
+
+def default_num_steps(model, config):
+    """Sampling steps of `model` when none are given: k for a distiller or its generator
+    (`MomentMatchingDistiller` names its generator "generator"), else the teacher's."""
+    if hasattr(model, "generator"):
+        return model.num_steps
+    if model.name == "generator":
+        return config["distill"]["num_steps"]
+    return config["eval"]["teacher_num_steps"]
+
+
+# ---------------------------------------------------------------------- training runs
+class StepNamedPath(str):
+    """A `SampleGridCallback` path whose `{step}` is filled in from the epoch number.
+
+    The callback formats its path with `epoch=`; here an epoch is `steps_per_epoch` steps,
+    and grids named by training step read better.
+    """
+
+    def __new__(cls, template, steps_per_epoch):
+        path = super().__new__(cls, template)
+        path.steps_per_epoch = steps_per_epoch
+        return path
+
+    def format(self, epoch):
+        return str.format(self, step=epoch * self.steps_per_epoch)
+
+
+def training_plan(section, name):
+    """`(steps_per_epoch, epochs)`: training runs in epochs of `checkpoint_every` steps."""
+    steps = section["steps"]
+    if not isinstance(steps, int) or steps < 1:
+        raise CommandError(f"{name}.steps must be an integer >= 1; got {steps!r}.")
+    every = min(section["checkpoint_every"], steps)
+    if every < 1 or steps % every:
+        raise CommandError(
+            f"{name}.steps ({steps}) must be a multiple of {name}.checkpoint_every "
+            f"({section['checkpoint_every']}): training runs in checkpoints of that many steps."
+        )
+    return every, steps // every
+
+
+def in_checkpoints(value, steps_per_epoch, key):
+    """`value` steps as a whole number of checkpoints (None for 0: disabled)."""
+    if not value:
+        return None
+    if value % steps_per_epoch:
+        raise CommandError(
+            f"{key} ({value}) must be a multiple of the checkpoint interval "
+            f"({steps_per_epoch} steps), or 0 to disable it."
+        )
+    return value // steps_per_epoch
+
+
+def prepare_run_dir(run_dir, artifacts, config, overwrite):
+    """Create `run_dir`, decide between resuming and starting, write config.json.
+
+    Returns the step to resume from (0 for a fresh start).
+    """
+    backup = os.path.join(run_dir, "backup")
+    config_path = os.path.join(run_dir, "config.json")
+    if overwrite and os.path.isdir(run_dir):
+        shutil.rmtree(backup, ignore_errors=True)
+        for name in artifacts:
+            path = os.path.join(run_dir, name)
+            if os.path.exists(path):
+                os.remove(path)
+    metadata_path = os.path.join(backup, "training_metadata.json")
+    if os.path.exists(metadata_path):
+        with open(config_path) as f:
+            saved = json.load(f)
+        if saved != config:
+            changed = sorted(differences(saved, config))
+            raise CommandError(
+                f"{run_dir} holds an interrupted run with another config (changed: "
+                f"{', '.join(changed)}). Resume with the same config, or pass --overwrite "
+                "to start over."
+            )
+        with open(metadata_path) as f:
+            return json.load(f)["epoch"]
+    existing = [name for name in artifacts if os.path.exists(os.path.join(run_dir, name))]
+    if existing:
+        raise CommandError(
+            f"{run_dir} already holds {', '.join(existing)} from a finished run. Pass "
+            "--overwrite to replace them, or choose another --run-dir."
+        )
+    os.makedirs(run_dir, exist_ok=True)
+    with open(config_path, "w") as f:
+        json.dump(config, f, indent=2)
+    return 0
+
+
+def differences(a, b, prefix=""):
+    keys = set(a) | set(b)
+    for key in keys:
+        if isinstance(a.get(key), dict) and isinstance(b.get(key), dict):
+            yield from differences(a[key], b[key], f"{prefix}{key}.")
+        elif a.get(key) != b.get(key):
+            yield f"{prefix}{key}"
+
+
+def run_callbacks(run_dir, name, model_callbacks, sample_every, steps_per_epoch, config,
+                  resuming, num_steps=None):
+    """The run's callbacks, in order: the model's own (FID), sample grids, CSV and
+    TensorBoard logs, then the checkpoint, so that it holds what they saw."""
+    import keras
+
+    from keras_mm.callbacks import SampleGridCallback
+
+    callbacks = list(model_callbacks)
+    every = in_checkpoints(sample_every, steps_per_epoch, f"{name}.sample_every")
+    if every:
+        image_size = config["data"]["image_shape"][0]
+        path = StepNamedPath(os.path.join(run_dir, "samples", f"{name}_{{step:07d}}.png"),
+                             steps_per_epoch)
+        callbacks.append(SampleGridCallback(
+            path, every_n_epochs=every, num_samples=config["grid"]["num_samples"],
+            seed=config["eval"]["seed"], labels=config["data"]["num_classes"],
+            num_steps=num_steps, num_columns=config["grid"]["num_columns"],
+            scale=max(1, 64 // image_size),
+        ))
+    callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"),
+                                               append=resuming))
+    if tensorboard_available():
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
+                                                     write_graph=False))
+    callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, "backup")))
+    return callbacks
+
+
+def tensorboard_available():
+    """Keras's TensorBoard callback writes through tf.summary, which needs both packages."""
+    return all(importlib.util.find_spec(name) is not None
+               for name in ("tensorflow", "tensorboard"))
+
+
+def fit_in_checkpoints(model, data, epochs, steps_per_epoch, callbacks, verbose,
+                       resumed_epoch):
+    if resumed_epoch:
+        print(f"Resuming from the checkpoint at step {resumed_epoch * steps_per_epoch}.")
+    try:
+        # The stream is shuffled already (and endless), so Keras has nothing to shuffle.
+        return model.fit(data, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                         callbacks=callbacks, verbose=verbose, shuffle=False)
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+
+
+TRAINING_FLAGS = (("steps", "steps"), ("batch_size", "batch_size"),
+                  ("learning_rate", "learning_rate"), ("checkpoint_every", "checkpoint_every"),
+                  ("seed", "seed"))
+
+
+def add_run_arguments(parser, section):
+    parser.add_argument("--run-dir", metavar="DIR",
+                        help="run directory: artifacts, config.json, log.csv, tensorboard/, "
+                        "samples/ and the backup/ checkpoint (required).")
+    parser.add_argument("--steps", type=int, help=f"training steps ({section}.steps).")
+    parser.add_argument("--batch-size", type=int, help=f"batch size ({section}.batch_size).")
+    parser.add_argument("--learning-rate", type=float,
+                        help=f"peak learning rate ({section}.learning_rate).")
+    parser.add_argument("--checkpoint-every", type=int, metavar="N",
+                        help=f"steps between checkpoints and log rows "
+                        f"({section}.checkpoint_every).")
+    parser.add_argument("--seed", type=int, help=f"seed ({section}.seed).")
+    parser.add_argument("--verbose", type=int, default=1, choices=(0, 1, 2),
+                        help="Keras fit verbosity: 1 progress bars (default), 2 one line per "
+                        "checkpoint, 0 silent.")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start over in a run directory that holds a finished or "
+                        "interrupted run (its artifacts and checkpoint are deleted).")
+
+
+def require(value, flag):
+    if not value:
+        raise CommandError(f"{flag} is required.")
+
+
+# ---------------------------------------------------------------------- train-teacher
+def add_train_teacher_command(subparsers):
+    parser = subparsers.add_parser(
+        "train-teacher",
+        help="Train a diffusion teacher (writes RUN_DIR/teacher.keras).",
+        description=wrap("Train a class-conditional UViT diffusion model on the config's data and "
+        "save it, with its Adam state (the instant method's preconditioner), as "
+        "RUN_DIR/teacher.keras. Training runs in checkpoints of teacher.checkpoint_every "
+        "steps; re-running an interrupted command resumes from the last one "
+        "(keras.callbacks.BackupAndRestore in RUN_DIR/backup). Logs go to RUN_DIR/log.csv "
+        "and RUN_DIR/tensorboard, sample grids to RUN_DIR/samples."),
+        epilog=config_epilog(("description", "data", "model", "teacher", "eval", "grid")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    add_run_arguments(parser, "teacher")
+    parser.set_defaults(run=run_train_teacher)
+
+
+def run_train_teacher(args):
+    config = resolve_config(args, "teacher", TRAINING_FLAGS)
+    if args.print_config:
+        return print_config(config)
+    require(args.run_dir, "--run-dir")
+    check_runnable(config, "train-teacher")
+    import keras
+
+    from keras_mm.distillation.distiller import WarmupLinearDecay
+
+    training = config["teacher"]
+    steps_per_epoch, epochs = training_plan(training, "teacher")
+    resumed_epoch = prepare_run_dir(args.run_dir, ["teacher.keras"], config, args.overwrite)
+    keras.utils.set_random_seed(training["seed"])
+    teacher = build_teacher(config)
+    try:
+        schedule = WarmupLinearDecay(training["learning_rate"], training["warmup_steps"])
+    except ValueError as error:
+        raise CommandError(f"teacher: {error}") from None
+    teacher.compile(optimizer=keras.optimizers.Adam(learning_rate=schedule, global_clipnorm=1.0))
+    print(f"Teacher: {teacher.network.count_params():,} parameters, backend "
+          f"{keras.backend.backend()}, {training['steps']} steps at batch "
+          f"{training['batch_size']}.")
+    callbacks = run_callbacks(
+        args.run_dir, "teacher", [], training["sample_every"], steps_per_epoch, config,
+        resuming=bool(resumed_epoch), num_steps=config["eval"]["teacher_num_steps"],
+    )
+    data = training_stream(config, training["batch_size"], training["seed"])
+    fit_in_checkpoints(teacher, data, epochs, steps_per_epoch, callbacks, args.verbose,
+                       resumed_epoch)
+    path = os.path.join(args.run_dir, "teacher.keras")
+    teacher.save(path)
+    print(f"Wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------- distill
+DISTILL_FLAGS = TRAINING_FLAGS + (("num_steps", "num_steps"), ("method", "method"))
+
+
+def add_distill_command(subparsers):
+    parser = subparsers.add_parser(
+        "distill",
+        help="Distill a teacher into a few-step generator by moment matching.",
+        description=wrap("Distill TEACHER (a .keras DiffusionModel, e.g. from train-teacher) into "
+        "a distill.num_steps-step generator with MomentMatchingDistiller (Algorithm 2 or 3) "
+        "and the paper's Adam (Appendix B). Every distill.fid_every steps the FID of the "
+        "generator's samples is computed with fixed seeds and labels, and the best "
+        "weights are kept in RUN_DIR/best_fid.weights.h5 (RUN_DIR/best_fid.json says when). "
+        "Writes RUN_DIR/distiller.keras (the final state: teacher, generator, auxiliary, "
+        "optimizers) and RUN_DIR/generator.keras (the generator DiffusionModel at the best "
+        "FID, or the final one without FID). Checkpoints, resume, logs and grids as for "
+        "train-teacher."),
+        epilog=config_epilog(("distill", "eval", "grid")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser)
+    parser.add_argument("--teacher", metavar="PATH",
+                        help="the teacher's .keras file (required).")
+    add_run_arguments(parser, "distill")
+    parser.add_argument("--num-steps", type=int,
+                        help="k, the student's sampling steps (distill.num_steps).")
+    parser.add_argument("--method", choices=("alternating", "instant"),
+                        help="Algorithm 2 or 3 (distill.method).")
+    parser.set_defaults(run=run_distill)
+
+
+DISTILL_ARTIFACTS = ["distiller.keras", "generator.keras", "best_fid.weights.h5",
+                     "best_fid.json"]
+
+
+def run_distill(args):
+    config = resolve_config(args, "distill", DISTILL_FLAGS)
+    if args.print_config:
+        return print_config(config)
+    require(args.teacher, "--teacher")
+    require(args.run_dir, "--run-dir")
+    check_runnable(config, "distill")
+    import keras
+
+    from keras_mm.distillation import MomentMatchingDistiller, estimate_preconditioner
+    from keras_mm.distillation.distiller import WarmupLinearDecay
+
+    distill = config["distill"]
+    steps_per_epoch, epochs = training_plan(distill, "distill")
+    fid_every = in_checkpoints(distill["fid_every"], steps_per_epoch, "distill.fid_every")
+    # The instant method reads its preconditioner from the teacher's saved Adam state.
+    needs_adam = distill["method"] == "instant" and not distill["preconditioner_steps"]
+    teacher = load_keras_model(args.teacher, compile=needs_adam)
+    check_model_fits_data(teacher, config)
+    resumed_epoch = prepare_run_dir(args.run_dir, DISTILL_ARTIFACTS, config, args.overwrite)
+    keras.utils.set_random_seed(distill["seed"])
+    data = training_stream(config, distill["batch_size"], distill["seed"])
+
+    preconditioner = None
+    if distill["method"] == "instant" and distill["preconditioner_steps"]:
+        print(f"Estimating the preconditioner from {distill['preconditioner_steps']} batches.")
+        preconditioner = estimate_preconditioner(
+            teacher, training_stream(config, distill["batch_size"], distill["seed"]),
+            steps=distill["preconditioner_steps"])
+    try:
+        distiller = MomentMatchingDistiller(
+            teacher,
+            num_steps=distill["num_steps"],
+            method=distill["method"],
+            time_sampler=distill["time_sampler"],
+            weighting=distill["weighting"],
+            conditional_sampling=distill["conditional_sampling"],
+            teacher_guidance_scale=distill["teacher_guidance_scale"],
+            clip_teacher=distill["clip_teacher"],
+            preconditioner=preconditioner,
+            teacher_gradient_ema=distill["teacher_gradient_ema"],
+            seed=distill["seed"],
+        )
+        learning_rate = distill["learning_rate"]
+        if learning_rate is None:  # MomentMatchingDistiller.compile's defaults
+            learning_rate = 1e-4 if distill["method"] == "alternating" else 1e-3
+        total_steps = distill["steps"] if distill["decay_to_zero"] else None
+        optimizers = [
+            keras.optimizers.Adam(
+                learning_rate=WarmupLinearDecay(learning_rate, distill["warmup_steps"],
+                                                total_steps),
+                **distill["adam"],
+            )
+            for _ in range(2)
+        ]
+    except (TypeError, ValueError) as error:
+        raise CommandError(f"distill: {error}") from None
+    distiller.compile(generator_optimizer=optimizers[0], auxiliary_optimizer=optimizers[1])
+    print(f"Distilling a {distill['num_steps']}-step generator ({distill['method']}), backend "
+          f"{keras.backend.backend()}, {distill['steps']} steps at batch "
+          f"{distill['batch_size']}, peak learning rate {learning_rate:g}.")
+
+    fid_callbacks = []
+    best_path = os.path.join(args.run_dir, "best_fid.weights.h5")
+    if fid_every:
+        fid_callbacks = fid_tracking_callbacks(config, args.run_dir, best_path, fid_every,
+                                               steps_per_epoch, bool(resumed_epoch),
+                                               args.verbose)
+    callbacks = run_callbacks(args.run_dir, "distill", fid_callbacks, distill["sample_every"],
+                              steps_per_epoch, config, resuming=bool(resumed_epoch))
+    fit_in_checkpoints(distiller, data, epochs, steps_per_epoch, callbacks, args.verbose,
+                       resumed_epoch)
+
+    path = os.path.join(args.run_dir, "distiller.keras")
+    distiller.save(path)
+    print(f"Wrote {path}")
+    which = "final"
+    if os.path.exists(best_path):
+        distiller.load_weights(best_path)
+        with open(os.path.join(args.run_dir, "best_fid.json")) as f:
+            best = json.load(f)
+        which = f"best FID {best['fid']:.4f}, step {best['step']}"
+    path = os.path.join(args.run_dir, "generator.keras")
+    distiller.generator.save(path)
+    print(f"Wrote {path} ({which})")
+    return 0
+
+
+def fid_tracking_callbacks(config, run_dir, best_path, every_n_epochs, steps_per_epoch,
+                           resuming, verbose):
+    """FIDCallback, then a callback that records its best value in best_fid.json (read back
+    on resume, so that a resumed run only replaces the best weights with better ones)."""
+    import keras
+
+    from keras_mm.callbacks import FIDCallback
+    from keras_mm.metrics import FeatureStatistics
+
+    evaluation = config["eval"]
+    extractor = feature_extractor(config)
+    # The reference statistics are computed once per run directory (50k Inception passes).
+    stats_path = os.path.join(run_dir, f"reference_{extractor.name}.npz")
+    if not os.path.exists(stats_path):
+        print(f"Computing the FID reference statistics ({extractor.name}).")
+        FeatureStatistics.from_images(reference_images(config), extractor).save(stats_path)
+    fid = FIDCallback(
+        reference_stats=stats_path,
+        num_samples=evaluation["num_samples"],
+        every_n_epochs=every_n_epochs,
+        seed=evaluation["seed"],
+        labels=config["data"]["num_classes"],
+        feature_extractor=extractor,
+        save_best_to=best_path,
+        batch_size=evaluation["batch_size"],
+        guidance_scale=evaluation["guidance_scale"],
+        verbose=int(verbose > 0),
+    )
+    record_path = os.path.join(run_dir, "best_fid.json")
+    if resuming and os.path.exists(record_path):
+        with open(record_path) as f:
+            fid.best_fid = json.load(f)["fid"]
+
+    def record(epoch, logs):
+        if fid.best_epoch == epoch + 1:
+            with open(record_path, "w") as f:
+                json.dump({"fid": fid.best_fid, "step": fid.best_epoch * steps_per_epoch,
+                           "feature_extractor": extractor.name,
+                           "num_samples": evaluation["num_samples"]}, f, indent=2)
+        # CSVLogger fixes its columns at the first row: give `fid` one before the first FID.
+        if logs is not None:
+            logs.setdefault("fid", math.nan)
+
+    return [fid, keras.callbacks.LambdaCallback(on_epoch_end=record)]
+
+
+# ---------------------------------------------------------------------- evaluate
+def add_evaluate_command(subparsers):
+    parser = subparsers.add_parser(
+        "evaluate",
+        help="FD/FID, precision, recall and class accuracy of a model's samples.",
+        description=wrap("Sample eval.num_samples images from MODEL (a teacher, a generator or a "
+        "distiller .keras file) with fixed seeds and balanced labels, and compare them with "
+        "eval.num_reference real images in the feature space of eval.feature_extractor: "
+        "Fréchet distance (FID with Inception-v3), improved precision and recall, and class "
+        "accuracy. Prints a markdown table, one row per --num-steps, and writes it as "
+        "JSON."),
+        epilog=config_epilog(("data", "eval")),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_config_arguments(parser, default=None, model_fallback="digits")
+    parser.add_argument("--model", required=True, help=".keras file to evaluate.")
+    parser.add_argument("--num-steps", type=parse_int_list,
+                        help="comma-separated sampling steps, one table row each, e.g. "
+                        "8,64,256 (default: k for a distiller or generator, "
+                        "eval.teacher_num_steps for a teacher).")
+    parser.add_argument("--num-samples", type=int,
+                        help="samples per row (eval.num_samples).")
+    parser.add_argument("--out", help="JSON file to write (default: MODEL with "
+                        "_evaluation.json in place of .keras).")
+    parser.add_argument("--custom-module", action="append", default=[],
+                        help="module defining the network's custom layers (repeatable).")
+    parser.set_defaults(run=run_evaluate)
+
+
+def parse_int_list(text):
+    try:
+        values = [int(value) for value in text.split(",") if value.strip()]
+    except ValueError:
+        values = []
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers >= 1 like 8,64; got {text!r}.")
+    return values
+
+
+def run_evaluate(args):
+    config = resolve_model_config(args, "digits", (("num_samples", "num_samples"),), "eval")
+    if args.print_config:
+        return print_config(config)
+    check_runnable(config, "evaluate")
+    import keras
+
+    from keras_mm.callbacks import FIDCallback
+
+    model = load_keras_model(args.model, args.custom_module, allow_distiller=True)
+    check_model_fits_data(getattr(model, "generator", model), config)
+    evaluation = config["eval"]
+    num_steps = args.num_steps or [default_num_steps(model, config)]
+    conditional = config["data"]["num_classes"] is not None
+    extras = ["precision_recall"] if evaluation["precision_recall"] else []
+    wants_accuracy = evaluation["class_accuracy"] and conditional
+    extractor = feature_extractor(config, classifier_head=wants_accuracy)
+    if wants_accuracy and extractor.has_classifier:
+        extras.append("class_accuracy")
+    try:
+        fid = FIDCallback(
+            reference_data=reference_images(config),
+            num_samples=evaluation["num_samples"],
+            seed=evaluation["seed"],
+            labels=config["data"]["num_classes"],
+            feature_extractor=extractor,
+            batch_size=evaluation["batch_size"],
+            guidance_scale=evaluation["guidance_scale"],
+            extra_metrics=extras,
+            verbose=0,
+        )
+    except ValueError as error:
+        raise CommandError(str(error)) from None
+    rows = []
+    for steps in num_steps:
+        fid.num_steps = steps
+        start = time.time()
+        results = fid.evaluate(model)
+        rows.append({"num_steps": steps, **results, "seconds": time.time() - start})
+    report = {
+        "model": args.model,
+        "backend": keras.backend.backend(),
+        "feature_extractor": extractor.name,
+        "num_samples": evaluation["num_samples"],
+        "guidance_scale": evaluation["guidance_scale"],
+        "rows": rows,
+    }
+    print(evaluation_table(report))
+    out = args.out or re.sub(r"\.keras$", "", args.model) + "_evaluation.json"
+    os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    with open(out, "w") as f:
+        json.dump(report, f, indent=2)
+    print(f"Wrote {out}")
+    return 0
+
+
+def evaluation_table(report):
+    distance = "FID" if report["feature_extractor"] == "inception_v3" else "FD"
+    columns = [("fid", f"{distance} ({report['feature_extractor']})"),
+               ("precision", "precision"), ("recall", "recall"),
+               ("class_accuracy", "class accuracy")]
+    columns = [(key, title) for key, title in columns if key in report["rows"][0]]
+    lines = [
+        f"{report['model']}: {report['num_samples']} samples, backend {report['backend']}",
+        "",
+        "| steps | " + " | ".join(title for _, title in columns) + " | seconds |",
+        "|---" * (len(columns) + 2) + "|",
+    ]
+    for row in report["rows"]:
+        values = " | ".join(f"{row[key]:.4f}" for key, _ in columns)
+        lines.append(f"| {row['num_steps']} | {values} | {row['seconds']:.1f} |")
+    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------- sample
@@ -91,8 +872,8 @@ def add_sample_command(subparsers):
         "sample",
         help="Sample images from a SavedModel or a .keras model into a PNG grid.",
         description="Sample from an exported SavedModel (see `keras-mm export`) or a .keras "
-        "DiffusionModel and write the images as a PNG grid. The same seed and steps give "
-        "the same images from both.",
+        "DiffusionModel (or distiller) and write the images as a PNG grid. The same seed "
+        "and steps give the same images from both.",
     )
     parser.add_argument("--model", required=True,
                         help="SavedModel directory or .keras file.")
@@ -103,7 +884,9 @@ def add_sample_command(subparsers):
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0).")
     parser.add_argument("--out", required=True, help="PNG file to write.")
     parser.add_argument("--num-steps", type=int,
-                        help="sampling steps for a .keras model (a SavedModel has its own).")
+                        help="sampling steps for a .keras model (a SavedModel has its own); "
+                        "default with --config: k for a generator or distiller, "
+                        "eval.teacher_num_steps for a teacher.")
     parser.add_argument("--sampler", default="ancestral", choices=("ancestral", "ddim"),
                         help=".keras models: the sampler (default ancestral).")
     parser.add_argument("--guidance-scale", type=float, default=0.0,
@@ -115,6 +898,7 @@ def add_sample_command(subparsers):
                         help="pixel upscaling of the grid (default: tiles of >= 64 pixels).")
     parser.add_argument("--custom-module", action="append", default=[],
                         help=".keras models: module defining custom layers (repeatable).")
+    add_config_arguments(parser, default=None)
     parser.set_defaults(run=run_sample)
 
 
@@ -128,6 +912,9 @@ def parse_labels(text):
 
 
 def run_sample(args):
+    config = resolve_model_config(args, fallback=None)
+    if args.print_config:
+        return print_config(config)
     from keras_mm.images import save_image_grid
 
     if args.labels is not None and args.num_samples is not None:
@@ -135,7 +922,7 @@ def run_sample(args):
     if os.path.isdir(args.model):
         images = sample_saved_model(args)
     elif args.model.endswith(".keras"):
-        images = sample_keras_model(args)
+        images = sample_keras_model(args, config)
     else:
         raise CommandError(
             f"--model must be a SavedModel directory or a .keras file; got '{args.model}'."
@@ -190,25 +977,34 @@ def sample_saved_model(args):
     return np.asarray(images)
 
 
-def sample_keras_model(args):
+def keras_model_and_steps(args, config):
+    """The DiffusionModel to sample or export (a distiller's generator) and its steps."""
+    if args.num_steps is None and config is None:
+        raise CommandError(
+            "A .keras model needs --num-steps: k for a distilled generator (e.g. 8), 64 to "
+            "256 for a teacher (or pass --config to take it from a config)."
+        )
+    model = load_keras_model(args.model, args.custom_module, allow_distiller=True)
+    num_steps = args.num_steps
+    if num_steps is None:
+        num_steps = default_num_steps(model, config)
+    return getattr(model, "generator", model), num_steps
+
+
+def sample_keras_model(args, config):
     import keras
     import numpy as np
 
     from keras_mm import export
 
-    if args.num_steps is None:
-        raise CommandError(
-            "A .keras model needs --num-steps: k for a distilled generator (e.g. 8), 64 to "
-            "256 for a teacher."
-        )
-    model = load_keras_model(args.model, args.custom_module)
+    model, num_steps = keras_model_and_steps(args, config)
     batch_size = len(args.labels) if args.labels is not None else args.num_samples
     if batch_size is None or batch_size < 1:
         raise CommandError("Pass --labels (class-conditional) or --num-samples N >= 1.")
     try:
         # The SavedModel's noise, so that both kinds of model give the same images.
         noise = export.sampler_noise(
-            args.seed, batch_size, model.image_shape, args.num_steps, args.sampler
+            args.seed, batch_size, model.image_shape, num_steps, args.sampler
         )
         seed = None
     except ImportError:
@@ -217,7 +1013,7 @@ def sample_keras_model(args):
         images = model.sample(
             num_samples=batch_size,
             labels=args.labels,
-            num_steps=args.num_steps,
+            num_steps=num_steps,
             sampler=args.sampler,
             guidance_scale=args.guidance_scale,
             clip=args.clip,
@@ -234,15 +1030,18 @@ def add_export_command(subparsers):
     parser = subparsers.add_parser(
         "export",
         help="Export a .keras DiffusionModel's sampler as a TensorFlow SavedModel.",
-        description="Export a .keras DiffusionModel (a teacher or a distilled generator) as "
-        "a TensorFlow SavedModel with sample, sample_from_noise, denoise and metadata "
-        "endpoints (see keras_mm.export_sampler). Runs on the JAX or TensorFlow backend; "
-        "from torch it re-runs itself under TensorFlow.",
+        description="Export a .keras DiffusionModel (a teacher or a distilled generator, or "
+        "a distiller's generator) as a TensorFlow SavedModel with sample, sample_from_noise, "
+        "denoise and metadata endpoints (see keras_mm.export_sampler). Runs on the JAX or "
+        "TensorFlow backend; from torch it re-runs itself under TensorFlow.",
     )
     parser.add_argument("--model", required=True, help=".keras file.")
     parser.add_argument("--out", required=True, help="SavedModel directory to write.")
-    parser.add_argument("--num-steps", type=int, required=True, help="sampling steps k.")
-    parser.add_argument("--sampler", default="ancestral", choices=("ancestral", "ddim"))
+    parser.add_argument("--num-steps", type=int,
+                        help="sampling steps k (required without --config; with it, k for a "
+                        "generator or distiller, eval.teacher_num_steps for a teacher).")
+    parser.add_argument("--sampler", default="ancestral", choices=("ancestral", "ddim"),
+                        help="the sampler (default ancestral, Algorithm 1).")
     parser.add_argument("--guidance-scale", type=float, default=0.0,
                         help="classifier-free guidance weight (default 0).")
     parser.add_argument("--output", default="uint8", choices=("uint8", "float"),
@@ -251,18 +1050,22 @@ def add_export_command(subparsers):
     parser.add_argument("--custom-module", action="append", default=[],
                         help="module defining the network's custom layers (repeatable).")
     parser.add_argument("--quiet", action="store_true", help="print nothing.")
+    add_config_arguments(parser, default=None)
     parser.set_defaults(run=run_export)
 
 
 def run_export(args):
+    config = resolve_model_config(args, fallback=None)
+    if args.print_config:
+        return print_config(config)
     from keras_mm.export import export_sampler
 
-    model = load_keras_model(args.model, args.custom_module)
+    model, num_steps = keras_model_and_steps(args, config)
     try:
         export_sampler(
             model,
             args.out,
-            num_steps=args.num_steps,
+            num_steps=num_steps,
             sampler=args.sampler,
             guidance_scale=args.guidance_scale,
             output=args.output,
@@ -274,7 +1077,8 @@ def run_export(args):
     return 0
 
 
-COMMANDS = [add_sample_command, add_export_command]
+COMMANDS = [add_train_teacher_command, add_distill_command, add_evaluate_command,
+            add_sample_command, add_export_command]
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,0 +1,335 @@
+"""`keras-mm` end to end at toy size: train-teacher -> distill -> evaluate -> export -> sample.
+
+The chain runs once per module, in-process through `main([...])` (export re-runs itself
+under TensorFlow on the torch backend), with a 7k-parameter UViT, 4 training steps and 20
+evaluation samples; the tests then check each artifact. The teacher run is interrupted after
+its first checkpoint and resumed, as a user's run would be.
+"""
+
+import contextlib
+import csv
+import io
+import json
+import math
+import os
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from keras_mm import cli, configs
+from keras_mm.cli import main
+from keras_mm.distillation import MomentMatchingDistiller
+from keras_mm.models.diffusion_model import DiffusionModel
+from keras_mm.models.uvit_presets import UVIT_PRESETS
+
+BACKEND = keras.backend.backend()
+OTHER_BACKEND = "torch" if BACKEND != "torch" else "jax"
+TINY = [
+    "--set", "model.uvit_preset=uvit_tiny",
+    "--set", "eval.teacher_num_steps=4",
+    "--set", "eval.num_samples=20",
+    "--set", "eval.batch_size=20",
+    "--set", "grid.num_samples=20",
+]  # fmt: skip
+TRAINING = ["--steps", "4", "--checkpoint-every", "2", "--batch-size", "32", "--verbose", "2"]
+NUM_STEPS = 2  # the student's k
+
+
+class Interrupted(RuntimeError):
+    pass
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """Runs the whole chain; returns the paths and each command's exit code and output."""
+    root = tmp_path_factory.mktemp("cli")
+    paths = {
+        "teacher_dir": str(root / "teacher"),
+        "student_dir": str(root / "student"),
+        "savedmodel": str(root / "sampler"),
+        "grid": str(root / "grid.png"),
+        "evaluation": str(root / "evaluation.json"),
+    }
+    results = {}
+
+    # The teacher: interrupted at the end of its second checkpoint (after the CSV row, before
+    # BackupAndRestore saves it), so the first checkpoint is what a re-run resumes from.
+    original = keras.callbacks.CSVLogger.on_epoch_end
+
+    def crash_in_second_epoch(self, epoch, logs=None):
+        original(self, epoch, logs)
+        if epoch == 1:
+            raise Interrupted("simulated crash")
+
+    teacher = ["train-teacher", *TINY, *TRAINING, "--run-dir", paths["teacher_dir"],
+               "--set", "teacher.sample_every=4"]
+    with jax_compilation_cache(root / "jax_cache"):
+        with pytest.MonkeyPatch.context() as patch, pytest.raises(Interrupted):
+            patch.setattr(keras.callbacks.CSVLogger, "on_epoch_end", crash_in_second_epoch)
+            main(teacher)
+        results["teacher"] = run_captured(teacher)
+        results.update(distill_evaluate_export_sample(paths))
+    return paths, results
+
+
+def distill_evaluate_export_sample(paths):
+    results = {}
+    teacher_path = os.path.join(paths["teacher_dir"], "teacher.keras")
+    results["distill"] = run_captured([
+        "distill", *TINY, *TRAINING, "--teacher", teacher_path,
+        "--run-dir", paths["student_dir"], "--num-steps", str(NUM_STEPS),
+        "--set", "distill.warmup_steps=1", "--set", "distill.fid_every=2",
+        "--set", "distill.sample_every=2",
+    ])  # fmt: skip
+    generator_path = os.path.join(paths["student_dir"], "generator.keras")
+    # No --config: evaluate takes the run's config.json, hence k = NUM_STEPS.
+    results["evaluate"] = run_captured(["evaluate", "--model", generator_path,
+                                        "--out", paths["evaluation"]])
+    results["export"] = run_captured(["export", "--model", generator_path,
+                                      "--out", paths["savedmodel"], "--quiet"])
+    results["sample"] = run_captured(["sample", "--model", paths["savedmodel"], "--labels",
+                                      "0,1,2,3,4,5", "--ncols", "3", "--out", paths["grid"]])
+    return results
+
+
+@contextlib.contextmanager
+def jax_compilation_cache(directory):
+    """Each command builds fresh models, which JAX compiles again (the resumed teacher, the
+    evaluated generator's sampler); its persistent cache makes those repeats cheap."""
+    if BACKEND != "jax":
+        yield
+        return
+    import jax
+    from jax._src import compilation_cache
+
+    options = {"jax_compilation_cache_dir": str(directory),
+               "jax_persistent_cache_min_compile_time_secs": 0.0}
+    saved = {name: getattr(jax.config, name) for name in options}
+    for name, value in options.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # it is set up once per process otherwise
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
+def run_captured(argv):
+    """`main(argv)` with its stdout, as `(exit code, stdout)`."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def test_every_command_succeeds(run):
+    _, results = run
+    for command, (code, output) in results.items():
+        assert code == 0, f"{command} exited with {code}:\n{output}"
+
+
+def test_train_teacher_writes_a_loadable_teacher_and_resumes(run):
+    paths, results = run
+    teacher_dir = paths["teacher_dir"]
+    assert "Resuming from the checkpoint at step 2." in results["teacher"][1]
+    teacher = keras.saving.load_model(os.path.join(teacher_dir, "teacher.keras"))
+    assert isinstance(teacher, DiffusionModel)
+    assert teacher.image_shape == (8, 8, 1) and teacher.num_classes == 10
+    # 2 steps before the crash's checkpoint + 2 after the resume, not 2 + 4.
+    assert int(keras.ops.convert_to_numpy(teacher.optimizer.iterations)) == 4
+    assert not os.path.exists(os.path.join(teacher_dir, "backup"))  # removed once finished
+    with open(os.path.join(teacher_dir, "config.json")) as f:
+        assert json.load(f)["model"]["uvit_preset"] == "uvit_tiny"
+    rows = read_csv(os.path.join(teacher_dir, "log.csv"))
+    assert [row["epoch"] for row in rows][-2:] == ["1", "1"]  # crashed epoch, then redone
+    assert all(math.isfinite(float(row["loss"])) for row in rows)
+    grid = Image.open(os.path.join(teacher_dir, "samples", "teacher_0000004.png"))
+    assert grid.size == (10 * 64 + 11, 2 * 64 + 3)  # 20 samples, 10 columns, 8x upscaled
+
+
+def test_distill_writes_distiller_generator_and_best_fid_weights(run):
+    paths, _ = run
+    student_dir = paths["student_dir"]
+    distiller = keras.saving.load_model(os.path.join(student_dir, "distiller.keras"))
+    assert isinstance(distiller, MomentMatchingDistiller)
+    assert distiller.num_steps == NUM_STEPS
+    generator = keras.saving.load_model(os.path.join(student_dir, "generator.keras"))
+    assert isinstance(generator, DiffusionModel) and generator.name == "generator"
+    assert os.path.getsize(os.path.join(student_dir, "best_fid.weights.h5")) > 0
+    with open(os.path.join(student_dir, "best_fid.json")) as f:
+        best = json.load(f)
+    assert math.isfinite(best["fid"]) and best["step"] in (2, 4)
+    assert best["feature_extractor"] == "digits"
+    rows = read_csv(os.path.join(student_dir, "log.csv"))
+    assert len(rows) == 2
+    assert {"generator_loss", "auxiliary_loss", "moment_gap", "fid"} <= set(rows[0])
+    assert min(float(row["fid"]) for row in rows) == pytest.approx(best["fid"])
+    for step in (2, 4):
+        grid = Image.open(os.path.join(student_dir, "samples", f"distill_{step:07d}.png"))
+        assert grid.size == (10 * 64 + 11, 2 * 64 + 3)
+
+
+def test_evaluate_prints_a_table_of_numbers_and_writes_json(run):
+    paths, results = run
+    output = results["evaluate"][1]
+    assert "| steps | FD (digits) | precision | recall | class accuracy | seconds |" in output
+    row = re.search(rf"^\| {NUM_STEPS} \|(.*)\|$", output, re.MULTILINE)
+    assert row is not None, output
+    values = [float(cell) for cell in row.group(1).split("|")]
+    assert len(values) == 5 and all(math.isfinite(v) for v in values)
+    with open(paths["evaluation"]) as f:
+        report = json.load(f)
+    (row,) = report["rows"]
+    assert row["num_steps"] == NUM_STEPS and report["num_samples"] == 20
+    assert row["fid"] > 0
+    assert 0 <= row["precision"] <= 1 and 0 <= row["recall"] <= 1
+    assert 0 <= row["class_accuracy"] <= 1
+
+
+def test_export_and_sample_write_a_savedmodel_and_a_png(run):
+    paths, results = run
+    assert os.path.exists(os.path.join(paths["savedmodel"], "saved_model.pb"))
+    assert "Wrote 6 images" in results["sample"][1]
+    grid = Image.open(paths["grid"])
+    assert grid.size == (3 * 64 + 4, 2 * 64 + 3) and grid.mode == "L"
+
+
+def test_a_finished_run_is_not_overwritten(run, capsys):
+    paths, _ = run
+    code = main(["train-teacher", *TINY, *TRAINING, "--run-dir", paths["teacher_dir"]])
+    assert code == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_resuming_with_another_config_is_refused(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    (run_dir / "backup").mkdir(parents=True)
+    (run_dir / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
+    config = configs.get_config("digits")
+    (run_dir / "config.json").write_text(json.dumps(config))
+    code = main(["train-teacher", "--run-dir", str(run_dir), "--steps", "200"])
+    assert code == 2
+    assert "teacher.steps" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- configs and options
+def test_help_explains_every_option_and_config_key(capsys):
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command").choices
+    assert set(subparsers) == {"train-teacher", "distill", "evaluate", "sample", "export"}
+    for name, subparser in subparsers.items():
+        for action in subparser._actions:
+            assert action.help, f"`keras-mm {name} {action.option_strings}` has no help"
+    helps = ""
+    for name in subparsers:
+        with pytest.raises(SystemExit) as exit_info:
+            main([name, "--help"])
+        assert exit_info.value.code == 0
+        helps += capsys.readouterr().out
+    for key in configs.CONFIG_KEYS:
+        assert key in helps, f"config key {key} is not explained by any --help"
+
+
+@pytest.mark.parametrize("name", sorted(configs.CONFIGS))
+def test_presets_are_complete_and_consistent(name):
+    config = configs.get_config(name)
+    configs.check_config(config)
+    uvit = dict(UVIT_PRESETS.get(config["model"]["uvit_preset"]) or {})
+    uvit.update(config["model"]["uvit"])
+    assert list(uvit["image_shape"]) == list(config["data"]["image_shape"])
+    assert uvit.get("num_classes") == config["data"]["num_classes"]
+    distill = config["distill"]
+    assert distill["steps"] % distill["checkpoint_every"] == 0
+    assert distill["fid_every"] % distill["checkpoint_every"] == 0
+    assert config["teacher"]["steps"] % config["teacher"]["checkpoint_every"] == 0
+
+
+def test_presets_carry_the_papers_distillation_settings():
+    for name in ("cifar10", "imagenet64", "imagenet128"):
+        distill = configs.get_config(name)["distill"]
+        assert (distill["batch_size"], distill["steps"], distill["fid_every"]) == (
+            2048, 200_000, 5000)
+        assert distill["adam"] == {"beta_1": 0.0, "beta_2": 0.99, "epsilon": 1e-12,
+                                   "global_clipnorm": 1.0}
+        assert distill["warmup_steps"] == 1000 and distill["decay_to_zero"]
+        assert configs.get_config(name)["eval"]["feature_extractor"] == "inception_v3"
+    text = configs.get_config("text2image")["distill"]
+    assert (text["batch_size"], text["steps"]) == (512, 50_000)
+    assert configs.get_config("imagenet64")["model"]["uvit_preset"] == "imagenet64_small"
+    assert configs.get_config("imagenet128")["model"]["uvit_preset"] == "imagenet128_small"
+
+
+def test_config_files_and_overrides(tmp_path, capsys):
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"base": "cifar10", "distill": {"steps": 1000},
+                                "model": {"uvit": {"base_channels": 64}}}))
+    config = configs.apply_overrides(configs.get_config(str(path)),
+                                     ["distill.adam.beta_2=0.9", "eval.inception_weights=null",
+                                      "data.image_shape=[16, 16, 3]"])
+    assert config["distill"]["steps"] == 1000 and config["distill"]["batch_size"] == 2048
+    assert config["model"]["uvit"]["base_channels"] == 64
+    assert config["model"]["uvit"]["transformer_depth"] == 8  # the rest of the preset's
+    assert config["distill"]["adam"]["beta_2"] == 0.9
+    assert config["eval"]["inception_weights"] is None
+    assert config["data"]["image_shape"] == [16, 16, 3]
+    assert main(["distill", "--config", str(path), "--steps", "3000", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["distill"]["steps"] == 3000 and printed["distill"]["batch_size"] == 2048
+
+    assert main(["distill", "--set", "distill.step=100", "--print-config"]) == 2
+    assert "Unknown config key 'distill.step'" in capsys.readouterr().err
+    assert main(["train-teacher", "--config", "nope", "--print-config"]) == 2
+    assert "not a preset" in capsys.readouterr().err
+    assert main(["train-teacher", "--run-dir", str(tmp_path / "r"), "--steps", "5",
+                 "--checkpoint-every", "2"]) == 2
+    assert "multiple of teacher.checkpoint_every" in capsys.readouterr().err
+
+
+def test_text2image_preset_points_to_the_python_api(tmp_path, capsys):
+    for command in (["train-teacher", "--run-dir", str(tmp_path)],
+                    ["distill", "--teacher", "t.keras", "--run-dir", str(tmp_path)]):
+        assert main([*command, "--config", "text2image"]) == 2
+        assert "examples/text_to_image.py" in capsys.readouterr().err
+
+
+def test_backend_option(monkeypatch):
+    assert cli.requested_backend(["distill", "--backend", "jax"]) == "jax"
+    assert cli.requested_backend(["--backend=torch", "sample"]) == "torch"
+    assert cli.requested_backend(["distill", "--backend", "theano"]) is None
+    assert cli.requested_backend(["distill"]) is None
+    # The running backend: handled in this process.
+    assert main(["--backend", BACKEND, "train-teacher", "--print-config"]) == 0
+    # Another one: Keras is imported already, so the command re-runs in a fresh process.
+    calls = []
+    monkeypatch.setattr(cli.subprocess, "call",
+                        lambda command, env: calls.append((command, env)) or 0)
+    argv = ["distill", "--backend", OTHER_BACKEND, "--print-config"]
+    assert main(argv) == 0
+    (command, env), = calls
+    assert command[1:] == ["-m", "keras_mm.cli", *argv]
+    assert env["KERAS_BACKEND"] == OTHER_BACKEND
+
+
+@pytest.mark.parametrize("name", ["cifar10", "imagenet64", "imagenet128"])
+def test_tfds_configs_stream_their_data(name):
+    config = configs.apply_overrides(configs.get_config(name), [
+        "eval.num_reference=6", "eval.batch_size=4", "data.shuffle_buffer=8"])
+    height, width, channels = config["data"]["image_shape"]
+    with tfds.testing.mock_data(num_examples=8):
+        images, labels = next(iter(cli.training_stream(config, batch_size=4, seed=0)))
+        reference = [batch[0] for batch in cli.reference_images(config)]
+    assert tuple(images.shape) == (4, height, width, channels)
+    assert -1.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
+    assert 0 <= int(np.min(labels)) and int(np.max(labels)) < config["data"]["num_classes"]
+    assert [len(batch) for batch in reference] == [4, 2]
