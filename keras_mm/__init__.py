@@ -1,6 +1,14 @@
 """keras_mm: multistep distillation of diffusion models via moment matching, for Keras 3."""
 
-from keras_mm import callbacks, datasets, diffusion, images, metrics  # noqa: F401
+from keras_mm import (  # noqa: F401
+    callbacks,
+    configs,
+    datasets,
+    diffusion,
+    distribution,
+    images,
+    metrics,
+)
 from keras_mm.callbacks import FIDCallback, SampleGridCallback  # noqa: F401
 from keras_mm.diffusion import CosineSchedule  # noqa: F401
 from keras_mm.distillation import (  # noqa: F401
