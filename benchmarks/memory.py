@@ -1,0 +1,229 @@
+"""Memory of distillation against teacher training: counted state and measured peak RSS.
+
+Moment matching holds more than teacher training: the alternating method (Algorithm 2) keeps
+the teacher, the generator and the auxiliary network and two optimizer states; the instant
+method (Algorithm 3) the teacher, the generator, Lambda and one optimizer state. Per
+parameter count P the paper's accounting (Adam with beta1 = 0 needs only its second moment
+v) is 3P for teacher training (weights, m, v), 5P alternating (5/3 of it) and 4P instant
+(4/3). Keras's Adam allocates m even with beta_1 = 0, so what Keras holds is 7P and 5P.
+
+For each configuration this script starts a fresh process per backend, builds the models for
+the UViT preset, runs a few `fit` steps and reports:
+
+- state counted from the models: every distinct weight and optimizer variable alive
+  (the teacher, the distiller's networks, Lambda, the optimizers' slots), in MB;
+- the paper's count for the same P;
+- peak resident set size of the process (`resource.getrusage`), and its excess over a
+  baseline process that imports keras_mm, loads the data and runs one op.
+
+On the bundled digits preset (~0.3M parameters, ~1.3 MB per copy) the counted state is tiny
+next to the framework and compiled-step working memory, so the RSS ratios stay near 1; the
+counted columns are what scales to the ImageNet presets (`--count-preset imagenet64_small`
+adds their counts, building one network on the CPU).
+
+The distillers' teacher is built but not compiled, as after `keras.saving.load_model` of a
+teacher saved without its optimizer; a teacher loaded with its Adam state keeps another 2P
+alive (the instant method only needs Lambda from it). The instant method uses
+`preconditioner="identity"` here: same memory as Lambda from Adam, no teacher training.
+
+    python benchmarks/memory.py [--backends jax tensorflow torch] [--batch-size 128]
+                                [--steps 5] [--preset uvit_digits]
+                                [--count-preset imagenet64_small]
+
+About 4 minutes per backend on a 2-core CPU for the digits preset.
+"""
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+
+CONFIGURATIONS = ("baseline", "teacher", "alternating", "instant")
+# Multiples of P per configuration: the paper's accounting (Adam beta1 = 0 keeps only v).
+PAPER_STATE = {"teacher": 3, "alternating": 5, "instant": 4}
+MB = 1e6
+
+
+def state_bytes(variables):
+    """Bytes of the distinct float variables in `variables`."""
+    import keras
+    import numpy as np
+
+    seen, total = set(), 0
+    for variable in variables:
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        if id(variable) in seen or "float" not in dtype:
+            continue
+        seen.add(id(variable))
+        total += int(np.prod(variable.shape)) * np.dtype(dtype).itemsize
+    return total
+
+
+def peak_device_bytes():
+    """Peak accelerator memory where the backend reports it (None on CPU)."""
+    import keras
+
+    backend = keras.backend.backend()
+    try:
+        if backend == "jax":
+            import jax
+
+            stats = jax.devices()[0].memory_stats() or {}
+            return stats.get("peak_bytes_in_use")
+        if backend == "torch":
+            import torch
+
+            return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            if tf.config.list_physical_devices("GPU"):
+                return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+    except (RuntimeError, AttributeError, KeyError, ValueError):  # no statistics here
+        return None
+    return None
+
+
+def measure(configuration, preset, batch_size, steps):
+    """Run `configuration` in this process; print one JSON line with its numbers."""
+    import resource
+
+    import keras
+    import numpy as np
+
+    import keras_mm
+    from keras_mm.datasets import load_digits
+    from keras_mm.models.uvit import UViT
+
+    images, labels = load_digits()
+    repeats = int(np.ceil(batch_size * steps / len(images)))
+    images = np.concatenate([images] * repeats)[: batch_size * steps]
+    labels = np.concatenate([labels] * repeats)[: batch_size * steps]
+    jit = keras.backend.backend() != "torch"
+    result = {"configuration": configuration, "backend": keras.backend.backend()}
+    if configuration == "baseline":
+        keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.ones((batch_size, 8, 8, 1))))
+    else:
+        teacher = keras_mm.DiffusionModel(UViT.from_preset(preset), seed=0)
+        result["parameters"] = int(sum(np.prod(v.shape) for v in teacher.parameters))
+        if configuration == "teacher":
+            model = teacher
+            model.compile(jit_compile=jit)
+        else:
+            model = keras_mm.MomentMatchingDistiller(
+                teacher, num_steps=8, method=configuration, seed=0,
+                preconditioner="identity" if configuration == "instant" else None)
+            model.compile(jit_compile=jit)
+        model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
+        optimizer_variables = list(model.optimizer.variables)
+        result["state_bytes"] = state_bytes(
+            list(model.weights) + list(teacher.weights) + optimizer_variables)
+        result["optimizer_bytes"] = state_bytes(optimizer_variables)
+    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    result["peak_device_bytes"] = peak_device_bytes()
+    print("RESULT " + json.dumps(result))
+
+
+def run_configuration(backend, configuration, args):
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    command = [sys.executable, os.path.abspath(__file__), "--single", configuration,
+               "--preset", args.preset, "--batch-size", str(args.batch_size),
+               "--steps", str(args.steps)]
+    out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
+    if out.returncode != 0 or not lines:
+        tail = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"{backend} {configuration} failed: {tail}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def table_rows(backend, results):
+    base = results["baseline"]["peak_rss_bytes"]
+    teacher = results["teacher"]
+    parameters = teacher["parameters"]
+    rows = []
+    for configuration in ("teacher", "alternating", "instant"):
+        r = results[configuration]
+        counted = r["state_bytes"] / teacher["state_bytes"]
+        paper = PAPER_STATE[configuration] * parameters * 4
+        excess = r["peak_rss_bytes"] - base
+        excess_ratio = excess / max(teacher["peak_rss_bytes"] - base, 1)
+        device = r["peak_device_bytes"]
+        rows.append(
+            f"| {backend} | {configuration} | {r['state_bytes'] / MB:.1f} "
+            f"({r['optimizer_bytes'] / MB:.1f} optimizer) | {counted:.2f}x | "
+            f"{paper / MB:.1f} ({PAPER_STATE[configuration]}P) | "
+            f"{PAPER_STATE[configuration] / 3:.2f}x | {r['peak_rss_bytes'] / MB:.0f} | "
+            f"{excess / MB:.0f} | {excess_ratio:.2f}x | "
+            f"{'n/a' if device is None else f'{device / MB:.0f}'} |")
+    return rows
+
+
+def count_preset(preset):
+    """Parameter count of a preset and the state each configuration holds (no training)."""
+    import numpy as np
+
+    import keras_mm
+    from keras_mm.models.uvit import UViT
+
+    # DiffusionModel builds the network (one forward pass on a single example).
+    model = keras_mm.DiffusionModel(UViT.from_preset(preset))
+    parameters = int(sum(np.prod(v.shape) for v in model.parameters))
+    gb = parameters * 4 / 1e9
+    keras_state = {"teacher": 3, "alternating": 7, "instant": 5}
+    lines = [f"\n{preset}: P = {parameters / 1e6:.1f}M parameters ({gb:.2f} GB in float32)",
+             "", "| configuration | paper's count (GB) | held by Keras's Adam (GB) |",
+             "|---|---|---|"]
+    for configuration in ("teacher", "alternating", "instant"):
+        lines.append(f"| {configuration} | {PAPER_STATE[configuration] * gb:.2f} "
+                     f"({PAPER_STATE[configuration]}P) | "
+                     f"{keras_state[configuration] * gb:.2f} ({keras_state[configuration]}P) |")
+    return lines
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
+    parser.add_argument("--preset", default="uvit_digits")
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=5, help="fit steps per configuration")
+    parser.add_argument("--count-preset", nargs="*", default=[],
+                        help="also count the state of these presets (builds one network)")
+    parser.add_argument("--single", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    if args.single:
+        measure(args.single, args.preset, args.batch_size, args.steps)
+        return
+
+    lines = [
+        (f"UViT `{args.preset}`, batch {args.batch_size}, {args.steps} fit steps per "
+         "configuration (jit-compiled on JAX and TensorFlow), one fresh process each; ratios "
+         "are to the teacher step."),
+        "",
+        ("| backend | configuration | state counted from the models, MB | ratio | "
+         "paper's count (Adam beta1=0 keeps v only), MB | ratio | peak RSS, MB | "
+         "RSS above baseline, MB | ratio | peak device memory, MB |"),
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for backend in args.backends:
+        try:
+            results = {c: run_configuration(backend, c, args) for c in CONFIGURATIONS}
+        except RuntimeError as error:
+            lines.append(f"| {backend} | {error} |")
+            continue
+        lines.extend(table_rows(backend, results))
+        lines[0] += (f" {backend} baseline (imports, data, one op): "
+                     f"{results['baseline']['peak_rss_bytes'] / MB:.0f} MB.")
+        print(lines[-1], file=sys.stderr, flush=True)
+    if args.count_preset:
+        import keras  # noqa: F401  (the backend of this process builds the network)
+
+        for preset in args.count_preset:
+            lines.extend(count_preset(preset))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
