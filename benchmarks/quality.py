@@ -61,46 +61,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def no_grad():
-    """torch.no_grad() on the torch backend: without it, eager sampling records the autograd
-    graph of every step (tens of GB for 256 steps of 500 samples)."""
-    import contextlib
-
-    import keras
-
-    if keras.backend.backend() == "torch":
-        import torch
-
-        return torch.no_grad()
-    return contextlib.nullcontext()
-
-
-def evaluate(model, num_steps, sampler, labels, reference, features, seed):
-    """FD, class accuracy, precision and recall of `num_steps`-step samples."""
-    import keras
-    import numpy as np
-
-    from keras_mm import metrics
-
-    start = time.time()
-    with no_grad():
-        samples = np.concatenate([
-            keras.ops.convert_to_numpy(
-                model.sample(labels=chunk, num_steps=num_steps, sampler=sampler, seed=seed + i))
-            for i, chunk in enumerate(np.array_split(labels, max(1, len(labels) // 500)))
-        ])
-    seconds = time.time() - start
-    fd = metrics.FrechetDistance(features)
-    fd.update_state(real=reference, generated=samples)
-    accuracy = metrics.ClassAccuracy(features)
-    accuracy.update_state(samples, labels)
-    precision_recall = metrics.PrecisionRecall(features)
-    precision_recall.update_state(real=reference, generated=samples)
-    return {"fd": float(fd.result()), "accuracy": float(accuracy.result()),
-            **{k: float(v) for k, v in precision_recall.result().items()},
-            "sampling_seconds": seconds}
-
-
 def distill(teacher, method, num_steps, images, labels, features, args, out):
     """Distill one student; returns it (best-FD weights loaded) and training facts."""
     import keras_mm
@@ -161,8 +121,8 @@ def main(argv=None):
     rows = []
     for sampler in args.samplers:
         for num_steps in args.teacher_steps:
-            result = evaluate(teacher, num_steps, sampler, eval_labels, images, features,
-                              seed=99)
+            _, result = metrics.sample_and_score(teacher, eval_labels, num_steps, images,
+                                                 features, sampler=sampler, seed=99)
             rows.append(("teacher", sampler, num_steps, result, f"{teacher_minutes:.1f}", "-"))
             print(f"  teacher {sampler:<9} {num_steps:>3} steps: FD {result['fd']:.3f}",
                   flush=True)
@@ -170,8 +130,8 @@ def main(argv=None):
         for num_steps in args.student_steps:
             student, facts = distill(teacher, method, num_steps, images, labels, features,
                                      args, out)
-            result = evaluate(student, num_steps, "ancestral", eval_labels, images, features,
-                              seed=99)
+            _, result = metrics.sample_and_score(student, eval_labels, num_steps, images,
+                                                 features, seed=99)
             best = "-" if facts["best_step"] is None else str(facts["best_step"])
             rows.append((f"student ({method})", "ancestral", num_steps, result,
                          f"{facts['minutes']:.1f}", best))
@@ -192,7 +152,7 @@ def main(argv=None):
     for name, sampler, num_steps, r, minutes, best in rows:
         lines.append(f"| {name} | {sampler} | {num_steps} | {r['fd']:.3f} | "
                      f"{r['accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                     f"{minutes} | {best} | {r['sampling_seconds']:.1f} |")
+                     f"{minutes} | {best} | {r['seconds']:.1f} |")
     text = "\n".join(lines) + "\n"
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(text)

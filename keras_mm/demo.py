@@ -41,25 +41,6 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def evaluate(model, num_steps, labels, real, features, seed):
-    """FD, class accuracy, precision and recall of `num_steps`-step ancestral samples."""
-    start = time.time()
-    samples = np.concatenate([
-        keras.ops.convert_to_numpy(model.sample(labels=chunk, num_steps=num_steps,
-                                                seed=seed + i))
-        for i, chunk in enumerate(np.array_split(labels, max(1, len(labels) // 500)))
-    ])
-    seconds = time.time() - start
-    fd = metrics.FrechetDistance(features)
-    fd.update_state(real=real, generated=samples)
-    accuracy = metrics.ClassAccuracy(features)
-    accuracy.update_state(samples, labels)
-    pr = metrics.PrecisionRecall(features)
-    pr.update_state(real=real, generated=samples)
-    return samples, {"fd": fd.result(), "accuracy": accuracy.result(), **pr.result(),
-                     "seconds": seconds}
-
-
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -97,7 +78,8 @@ def main(argv=None):
     rows = []
     for name, model, steps in (("teacher", teacher, 8), ("teacher", teacher, 64),
                                ("teacher", teacher, 256), ("student (alternating)", distiller, 8)):
-        samples, result = evaluate(model, steps, eval_labels, images, features, seed=99)
+        samples, result = metrics.sample_and_score(model, eval_labels, steps, images, features,
+                                                   seed=99)
         grid = os.path.join(args.out, f"{name.split()[0]}_{steps}_steps.png")
         save_image_grid(samples[:100], grid, ncols=10, scale=4)
         rows.append((name, steps, result, os.path.basename(grid)))

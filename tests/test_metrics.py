@@ -268,3 +268,40 @@ def test_inception_features_shapes_with_random_weights():
         extractor.predict_logits(grayscale)
     with pytest.raises(ValueError, match="1 or 3 channels"):
         extractor(np.zeros((1, 8, 8, 2), "float32"))
+
+
+class RealDigitsSampler:
+    """Stands in for a model: `sample` returns real digits of the asked labels (a perfect
+    sampler), or Gaussian noise; it records the seeds it was called with."""
+
+    def __init__(self, images, labels, noise=False):
+        self.images, self.labels, self.noise, self.seeds = images, labels, noise, []
+
+    def sample(self, labels, num_steps, sampler, seed):
+        self.seeds.append((seed, num_steps, sampler))
+        rng = np.random.default_rng(seed)
+        if self.noise:
+            return rng.normal(size=(len(labels), 8, 8, 1)).astype("float32")
+        return np.stack([self.images[rng.choice(np.flatnonzero(self.labels == label))]
+                         for label in labels])
+
+
+def test_sample_and_score_perfect_sampler_and_noise(digits, digits_features):
+    images, labels = digits
+    wanted = np.arange(600) % 10
+    perfect = RealDigitsSampler(images, labels)
+    samples, scores = metrics.sample_and_score(perfect, wanted, 8, images, digits_features,
+                                               sampler="ddim", seed=5, chunk_size=250)
+    assert samples.shape == (600, 8, 8, 1)
+    assert perfect.seeds == [(5, 8, "ddim"), (6, 8, "ddim")]  # two chunks, seed + i
+    assert scores["accuracy"] >= 0.97  # real digits of the asked class
+    assert scores["precision"] > 0.9 and scores["recall"] > 0.5
+    _, noise_scores = metrics.sample_and_score(RealDigitsSampler(images, labels, noise=True),
+                                               wanted, 8, images, digits_features)
+    assert scores["fd"] < 0.05 * noise_scores["fd"]
+    assert noise_scores["accuracy"] < 0.3 and noise_scores["precision"] < 0.1
+    # The same arguments give the same samples and scores.
+    again, scores_again = metrics.sample_and_score(perfect, wanted, 8, images, digits_features,
+                                                   sampler="ddim", seed=5, chunk_size=250)
+    np.testing.assert_array_equal(again, samples)
+    assert scores_again["fd"] == scores["fd"]

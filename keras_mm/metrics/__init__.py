@@ -21,3 +21,4 @@ from keras_mm.metrics.kernel_inception_distance import (  # noqa: F401
     kernel_inception_distance,
 )
 from keras_mm.metrics.precision_recall import PrecisionRecall, precision_recall  # noqa: F401
+from keras_mm.metrics.scores import sample_and_score  # noqa: F401
