@@ -308,7 +308,9 @@ def test_export_argument_errors(conditional, unconditional, tmp_path):
 def test_export_after_in_process_sampling(conditional, tmp_path):
     """`sample` compiles and caches samplers on the model; export must not try to save them."""
     teacher = conditional["model"]
-    images = np_(teacher.sample(labels=np.array([0, 1], "int32"), num_steps=2))
+    images = teacher.sample(labels=np.array([0, 1], "int32"), num_steps=2)
+    assert not getattr(images, "requires_grad", False)  # torch: no autograd graph is kept
+    images = np_(images)
     assert images.shape == (2, 8, 8, 1) and np.all(np.isfinite(images))
     path = tmp_path / "after_sampling"
     export_quietly(teacher, str(path), num_steps=2)
