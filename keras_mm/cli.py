@@ -220,11 +220,14 @@ def training_stream(config, batch_size, seed):
         images, labels = datasets.load_digits()
         return datasets.infinite_batches(images, labels if conditional else None,
                                          batch_size=batch_size, seed=seed)
-    dataset = datasets.tfds_image_dataset(
-        data["name"], split=data["split"], image_size=data["image_shape"][0],
-        batch_size=batch_size, random_flip=data["random_flip"], seed=seed,
-        data_dir=data["data_dir"], shuffle_buffer=data["shuffle_buffer"],
-    )
+    try:
+        dataset = datasets.tfds_image_dataset(
+            data["name"], split=data["split"], image_size=data["image_shape"][0],
+            batch_size=batch_size, random_flip=data["random_flip"], seed=seed,
+            data_dir=data["data_dir"], shuffle_buffer=data["shuffle_buffer"],
+        )
+    except datasets.DatasetNotAvailableError as error:
+        raise CommandError(f"{error} (config keys data.name, data.split, data.data_dir)") from None
     return dataset if conditional else dataset.map(lambda images, labels: images)
 
 
@@ -238,12 +241,16 @@ def reference_images(config):
         return images[: evaluation["num_reference"]]
     import tensorflow_datasets as tfds
 
-    return tfds.as_numpy(datasets.tfds_image_dataset(
-        data["name"], split=evaluation["reference_split"], image_size=data["image_shape"][0],
-        batch_size=evaluation["batch_size"], shuffle=False, repeat=False,
-        num_examples=evaluation["num_reference"], drop_remainder=False,
-        data_dir=data["data_dir"],
-    ))
+    try:
+        return tfds.as_numpy(datasets.tfds_image_dataset(
+            data["name"], split=evaluation["reference_split"],
+            image_size=data["image_shape"][0], batch_size=evaluation["batch_size"],
+            shuffle=False, repeat=False, num_examples=evaluation["num_reference"],
+            drop_remainder=False, data_dir=data["data_dir"],
+        ))
+    except datasets.DatasetNotAvailableError as error:
+        raise CommandError(
+            f"{error} (config keys data.name, eval.reference_split, data.data_dir)") from None
 
 
 def feature_extractor(config, classifier_head=False):

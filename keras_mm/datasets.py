@@ -299,6 +299,10 @@ def infinite_batches(images, labels=None, batch_size=128, seed=0):
             yield images[index] if labels is None else (images[index], labels[index])
 
 
+class DatasetNotAvailableError(RuntimeError):
+    """A dataset could not be loaded: unknown, not downloaded, or not prepared."""
+
+
 def tfds_image_dataset(
     name,
     split="train",
@@ -336,6 +340,13 @@ def tfds_image_dataset(
         data_dir: TFDS data directory; None is TFDS's default.
         shuffle_buffer: examples in the shuffle buffer.
 
+    Returns:
+        The batched, prefetched `tf.data.Dataset`.
+
+    Raises:
+        DatasetNotAvailableError: TFDS could not load the dataset (unknown name, not
+            downloaded and no internet access, unknown split); the message says how to fix it.
+
     Example:
     ```python
     dataset = keras_mm.datasets.tfds_image_dataset("cifar10", batch_size=512,
@@ -351,15 +362,25 @@ def tfds_image_dataset(
             "TFDS datasets need tensorflow and tensorflow-datasets: "
             "pip install 'keras-mm[data,tensorflow]'."
         ) from error
-    dataset, info = tfds.load(
-        name,
-        split=split,
-        as_supervised=True,
-        shuffle_files=shuffle,
-        data_dir=data_dir,
-        read_config=tfds.ReadConfig(shuffle_seed=seed),
-        with_info=True,
-    )
+    try:
+        dataset, info = tfds.load(
+            name,
+            split=split,
+            as_supervised=True,
+            shuffle_files=shuffle,
+            data_dir=data_dir,
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+            with_info=True,
+        )
+    except Exception as error:  # noqa: BLE001 - unknown name, no download, bad split, ...
+        first_line = (str(error).strip().splitlines() or [""])[0][:300].rstrip(".")
+        raise DatasetNotAvailableError(
+            f"Could not load the TFDS dataset {name!r} (split {split!r}, data_dir "
+            f"{data_dir or '~/tensorflow_datasets'}): {type(error).__name__}: {first_line}. "
+            f"TFDS downloads and prepares a dataset on first use; without internet access, "
+            f"prepare it elsewhere (`tfds build {name}`; ImageNet needs a manual download) "
+            "and point data_dir at it."
+        ) from error
     label_map = _standard_imagenet_label_map(info)
     if num_examples is not None:
         dataset = dataset.take(num_examples)

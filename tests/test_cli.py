@@ -321,6 +321,28 @@ def test_backend_option(monkeypatch):
     assert env["KERAS_BACKEND"] == OTHER_BACKEND
 
 
+def test_missing_dataset_is_one_clear_line(tmp_path, capsys, monkeypatch):
+    """An unknown TFDS name, and CIFAR-10 not downloaded on a machine without internet
+    access (simulated: TFDS's download fails to resolve the host): exit code 2 and one line
+    saying what to do, no traceback."""
+
+    def no_network(*args, **kwargs):
+        raise ConnectionError("Failed to resolve 'www.cs.toronto.edu'")
+
+    for name, patch in (("no_such_dataset", False), ("cifar10", True)):
+        with monkeypatch.context() as context:
+            if patch:
+                context.setattr(tfds, "load", no_network)
+            code = main(["train-teacher", "--config", "cifar10", "--set", f"data.name={name}",
+                         "--steps", "2", "--checkpoint-every", "1", "--batch-size", "4",
+                         "--run-dir", str(tmp_path / name)])
+        assert code == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+        assert f"Could not load the TFDS dataset {name!r}" in err and "data.data_dir" in err
+    assert "ConnectionError" in err and "tfds build cifar10" in err
+
+
 @pytest.mark.parametrize("name", ["cifar10", "imagenet64", "imagenet128"])
 def test_tfds_configs_stream_their_data(name):
     config = configs.apply_overrides(configs.get_config(name), [
