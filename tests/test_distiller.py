@@ -166,6 +166,24 @@ def test_fit_logs_metrics_and_keeps_the_teacher_frozen(teacher, digits, method):
     assert distiller.sample(labels=[1, 2], seed=0).shape == (2, 8, 8, 1)
 
 
+def test_averaged_teacher_gradient_of_the_label_embedding(teacher, digits):
+    """teacher_gradient_ema averages nu across instant iterations. The label embedding's
+    gradient is sparse (TensorFlow gives IndexedSlices): after one iteration on labels 0-2
+    only, its average is (1 - decay) nu, nonzero in rows 0-2 and exactly zero elsewhere."""
+    images, labels = digits
+    keep = np.flatnonzero(labels < 3)[:64]
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, method="instant",
+                                                 teacher_gradient_ema=0.9, seed=0)
+    distiller.compile(warmup_steps=2)
+    history = distiller.fit(images[keep], labels[keep], batch_size=64, epochs=1, verbose=0)
+    assert np.isfinite(history.history["instant_loss"][0])
+    (table,) = [np_(average) for average, variable in
+                zip(distiller.nu_average, teacher.parameters) if "embedding" in variable.path]
+    assert table.shape == (11, 8) and np.all(np.isfinite(table))
+    assert np.all(np.abs(table[:3]).sum(axis=1) > 0)
+    np.testing.assert_array_equal(table[3:10], 0.0)
+
+
 def test_distiller_saves_and_loads_with_both_optimizer_states(teacher, digits, tmp_path):
     distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, seed=0)
     distiller.compile(warmup_steps=2)

@@ -94,6 +94,10 @@ def value_and_grad(fn, variables, state_variables=()):
             grads = tape.gradient(
                 loss, values, unconnected_gradients=tf.UnconnectedGradients.ZERO
             )
+            # Embedding lookups give IndexedSlices; dense tensors, as on JAX and torch, so
+            # that gradients can be averaged, scaled and used as JVP tangents.
+            grads = [tf.convert_to_tensor(g) if isinstance(g, tf.IndexedSlices) else g
+                     for g in grads]
             _publish(updates)
             return loss, aux, grads
 
