@@ -634,8 +634,12 @@ def run_distill(args):
     check_runnable(config, "distill")
     import keras
 
-    from keras_mm.distillation import MomentMatchingDistiller, estimate_preconditioner
-    from keras_mm.distillation.distiller import WarmupLinearDecay
+    from keras_mm.distillation import (
+        AdamWithoutMomentum,
+        MomentMatchingDistiller,
+        WarmupLinearDecay,
+        estimate_preconditioner,
+    )
 
     distill = config["distill"]
     steps_per_epoch, epochs = training_plan(distill, "distill")
@@ -672,8 +676,11 @@ def run_distill(args):
         if learning_rate is None:  # MomentMatchingDistiller.compile's defaults
             learning_rate = 1e-4 if distill["method"] == "alternating" else 1e-3
         total_steps = distill["steps"] if distill["decay_to_zero"] else None
+        # beta_1 = 0 (the paper's): Adam without its unused first-moment slot.
+        adam = (AdamWithoutMomentum if distill["adam"].get("beta_1", 0.9) == 0.0
+                else keras.optimizers.Adam)
         optimizers = [
-            keras.optimizers.Adam(
+            adam(
                 learning_rate=WarmupLinearDecay(learning_rate, distill["warmup_steps"],
                                                 total_steps),
                 **distill["adam"],

@@ -264,3 +264,25 @@ def test_estimated_preconditioner_matches_adam_statistics(teacher, digits):
     distiller = keras_mm.MomentMatchingDistiller(teacher, method="instant",
                                                  preconditioner=lambdas)
     np.testing.assert_allclose(np_(distiller.preconditioner[0]), lambdas[0])
+
+
+def test_adam_without_momentum_matches_keras_adam_with_beta1_zero(tmp_path):
+    """Same updates as keras Adam(beta_1=0) over several steps, with half the slots, and a
+    round trip through get_config."""
+    rng = np.random.default_rng(0)
+    start = rng.normal(size=(5, 3)).astype("float32")
+    options = {"learning_rate": 0.01, "beta_2": 0.99, "epsilon": 1e-12, "global_clipnorm": 1.0}
+    ours = keras_mm.distillation.AdamWithoutMomentum(**options)
+    reference = keras.optimizers.Adam(beta_1=0.0, **options)
+    weights = [keras.Variable(start), keras.Variable(start)]
+    for step in range(5):
+        gradient = rng.normal(size=(5, 3)).astype("float32") * (step + 1)
+        ours.apply([ops.convert_to_tensor(gradient)], [weights[0]])
+        reference.apply([ops.convert_to_tensor(gradient)], [weights[1]])
+    np.testing.assert_allclose(np_(weights[0]), np_(weights[1]), rtol=1e-5, atol=1e-6)
+    assert np.abs(np_(weights[0]) - start).max() > 0.01
+    assert len(ours.variables) == len(reference.variables) - 1  # no momentum slot
+    restored = keras.optimizers.deserialize(keras.optimizers.serialize(ours))
+    assert type(restored) is type(ours) and restored.beta_2 == 0.99 and restored.beta_1 == 0.0
+    with pytest.raises(ValueError, match="beta_1=0"):
+        keras_mm.distillation.AdamWithoutMomentum(beta_1=0.9)

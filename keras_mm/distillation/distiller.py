@@ -7,6 +7,7 @@ from keras import ops
 from keras_mm.backend import IterationTrainer, jvp, value_and_grad
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
+from keras_mm.distillation.optimizers import AdamWithoutMomentum
 from keras_mm.distillation.preconditioner import preconditioner_from_adam
 from keras_mm.models.diffusion_model import (
     DiffusionModel,
@@ -53,10 +54,10 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
 
 def paper_adam(learning_rate, warmup_steps=1000, total_steps=None):
     """Adam as in Appendix B: beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup then linear decay,
-    global-norm clipping at 1, no EMA, no weight decay."""
-    return keras.optimizers.Adam(
+    global-norm clipping at 1, no EMA, no weight decay; without the (unused) first-moment
+    slot."""
+    return AdamWithoutMomentum(
         learning_rate=WarmupLinearDecay(learning_rate, warmup_steps, total_steps),
-        beta_1=0.0,
         beta_2=0.99,
         epsilon=1e-12,
         global_clipnorm=1.0,
