@@ -5,7 +5,8 @@ the teacher, the generator and the auxiliary network and two optimizer states; t
 method (Algorithm 3) the teacher, the generator, Lambda and one optimizer state. Per
 parameter count P the paper's accounting (Adam with beta1 = 0 needs only its second moment
 v) is 3P for teacher training (weights, m, v), 5P alternating (5/3 of it) and 4P instant
-(4/3). Keras's Adam allocates m even with beta_1 = 0, so what Keras holds is 7P and 5P.
+(4/3). Keras's Adam allocates m even with beta_1 = 0 (7P and 5P); the distiller's default
+optimizer, `keras_mm.distillation.AdamWithoutMomentum`, does not, so keras_mm holds 5P and 4P.
 
 For each configuration this script starts a fresh process per backend, builds the models for
 the UViT preset, runs a few `fit` steps and reports:
@@ -171,14 +172,14 @@ def count_preset(preset):
     model = keras_mm.DiffusionModel(UViT.from_preset(preset))
     parameters = int(sum(np.prod(v.shape) for v in model.parameters))
     gb = parameters * 4 / 1e9
-    keras_state = {"teacher": 3, "alternating": 7, "instant": 5}
+    keras_adam_state = {"teacher": 3, "alternating": 7, "instant": 5}
     lines = [f"\n{preset}: P = {parameters / 1e6:.1f}M parameters ({gb:.2f} GB in float32)",
-             "", "| configuration | paper's count (GB) | held by Keras's Adam (GB) |",
-             "|---|---|---|"]
+             "", "| configuration | paper's count = keras_mm's (GB) | with Keras's Adam(beta_1=0) "
+             "(GB) |", "|---|---|---|"]
     for configuration in ("teacher", "alternating", "instant"):
-        lines.append(f"| {configuration} | {PAPER_STATE[configuration] * gb:.2f} "
-                     f"({PAPER_STATE[configuration]}P) | "
-                     f"{keras_state[configuration] * gb:.2f} ({keras_state[configuration]}P) |")
+        paper, keras_adam = PAPER_STATE[configuration], keras_adam_state[configuration]
+        lines.append(f"| {configuration} | {paper * gb:.2f} ({paper}P) | "
+                     f"{keras_adam * gb:.2f} ({keras_adam}P) |")
     return lines
 
 
