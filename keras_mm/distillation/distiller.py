@@ -314,9 +314,12 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
     def instant_loss(self, draws, nu):
         """L_instant(eta) = -w(s) x~^T sg{J_theta g_theta(z_s) nu}, per pixel."""
         x_generated, noisy_s = self.generate(draws)
+        # Nothing is differentiated through the teacher's side: stopping z_s here (the JVP
+        # and x-hat are stopped below anyway) keeps torch from recording the JVP for autograd.
+        noisy_s_stopped = ops.stop_gradient(noisy_s)
 
         def teacher_output():
-            return self.teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+            return self.teacher.denoise(noisy_s_stopped, draws["logsnr_s"], draws["condition"])
 
         x_teacher, jacobian_nu = jvp(teacher_output, self.teacher.parameters, nu)
         jacobian_nu = ops.stop_gradient(jacobian_nu)
