@@ -10,6 +10,15 @@ Text to image (data.source "captions", e.g. the text2image_toy preset) runs the 
 the captions are encoded once by data.text_encoder (a KerasHub T5 preset or a local preset
 directory) and cached in the run directory; `sample` takes `--captions` instead of
 `--labels`, and `export` adds the text encoder (`sample_from_tokens`) to the SavedModel.
+On a CPU with the tiny local T5 that examples/text_to_image.py writes (64-wide):
+
+    T2I="--config text2image_toy --set data.text_encoder=runs/text_to_image/t5_tiny_preset
+         --set model.uvit.text_dim=64"
+    keras-mm train-teacher $T2I --run-dir runs/t2i_teacher
+    keras-mm distill $T2I --teacher runs/t2i_teacher/teacher.keras --run-dir runs/t2i_student
+    keras-mm evaluate --model runs/t2i_student/generator.keras
+    keras-mm export --model runs/t2i_student/generator.keras --out runs/t2i_sampler
+    keras-mm sample --model runs/t2i_sampler --captions "a red square on the left" --out t2i.png
 
 `train-teacher`, `distill` and `evaluate` read a named config (`keras_mm.configs`) or a JSON
 file, changed by `--set section.key=value` and explicit flags. Training runs in checkpoints
@@ -272,11 +281,15 @@ def load_text_encoder(config):
             f"data.text_encoder: '{preset}' is not a KerasHub preset directory (no "
             "config.json); write one with T5Backbone.save_to_preset and "
             "T5Tokenizer.save_to_preset.")
+    import warnings
+
     from keras_mm.models.text_encoder import TextEncoder
 
     try:
-        encoder = TextEncoder.from_preset(
-            path if os.path.isdir(path) else preset, sequence_length=data["sequence_length"])
+        with warnings.catch_warnings():  # KerasHub's T5 layers warn about Keras masks
+            warnings.filterwarnings("ignore", message=".*does not support masking")
+            encoder = TextEncoder.from_preset(path if os.path.isdir(path) else preset,
+                                              sequence_length=data["sequence_length"])
     except Exception as error:  # noqa: BLE001 - KerasHub/Kaggle raise many kinds
         raise CommandError(
             f"Could not load the text encoder data.text_encoder={preset!r}: "

@@ -281,3 +281,24 @@ def test_text2image_toy_preset_is_documented_and_paper_preset_kept():
     assert paper["model"]["uvit"]["text_dim"] == 4096
     assert "color_layout" in configs.CONFIG_KEYS["eval.feature_extractor"]
     assert "shapes" in configs.CONFIG_KEYS["data.name"]
+
+
+def test_tfds_caption_datasets_load_images_and_first_captions():
+    import tensorflow_datasets as tfds
+
+    from keras_mm import cli
+
+    config = configs.apply_overrides(configs.get_config("text2image"), [
+        "data.image_shape=[16, 16, 3]", "eval.num_reference=3", "eval.num_samples=3"])
+    data = cli.CaptionData(config, encoder=None)
+    with tfds.testing.mock_data(num_examples=6):
+        cli.check_caption_config(config)  # coco_captions has image and captions features
+        images, captions = data.examples("train", 5)
+        reference_images, reference_captions = data.reference()
+    assert images.shape == (5, 16, 16, 3) and images.dtype == np.float32
+    assert -1.0 <= images.min() and images.max() <= 1.0
+    assert len(captions) == 5 and all(isinstance(c, str) for c in captions)
+    assert reference_images.shape == (3, 16, 16, 3) and len(reference_captions) == 3
+    bad = configs.set_value(config, "data.caption_feature", "caption")
+    with pytest.raises(cli.CommandError, match="no feature 'caption'"):
+        cli.check_caption_config(bad)
