@@ -381,7 +381,6 @@ CONFIGS = {
         },
         "distill": {
             **copy.deepcopy(PAPER_DISTILL),
-            "weighting": "flat",
             "batch_size": 64,
             "steps": 400,
             "learning_rate": 3e-4,

@@ -20,7 +20,7 @@ from PIL import Image
 pytest.importorskip("keras_hub")
 pytest.importorskip("sentencepiece")
 
-from keras_mm import configs, datasets
+from keras_mm import cli, configs, datasets
 from keras_mm.cli import main
 from keras_mm.distillation import MomentMatchingDistiller
 from keras_mm.models.diffusion_model import DiffusionModel
@@ -286,8 +286,6 @@ def test_text2image_toy_preset_is_documented_and_paper_preset_kept():
 def test_tfds_caption_datasets_load_images_and_first_captions():
     import tensorflow_datasets as tfds
 
-    from keras_mm import cli
-
     config = configs.apply_overrides(configs.get_config("text2image"), [
         "data.image_shape=[16, 16, 3]", "eval.num_reference=3", "eval.num_samples=3"])
     data = cli.CaptionData(config, encoder=None)
@@ -302,3 +300,27 @@ def test_tfds_caption_datasets_load_images_and_first_captions():
     bad = configs.set_value(config, "data.caption_feature", "caption")
     with pytest.raises(cli.CommandError, match="no feature 'caption'"):
         cli.check_caption_config(bad)
+
+
+def test_text2image_toy_matches_examples_text_to_image():
+    from tests.test_examples import constants
+
+    values = constants("text_to_image.py")
+    config = configs.get_config("text2image_toy")
+    data, teacher, distill, evaluation = (config[k] for k in ("data", "teacher", "distill",
+                                                               "eval"))
+    assert values["NUM_EXAMPLES"] == data["num_examples"]
+    assert values["SEQUENCE_LENGTH"] == data["sequence_length"]
+    assert values["BACKGROUND_TINT"] == cli.SHAPES_BACKGROUND_TINT
+    uvit = {k: list(v) if isinstance(v, tuple) else v for k, v in values["UVIT"].items()}
+    assert uvit == {k: v for k, v in config["model"]["uvit"].items() if k != "text_dim"}
+    assert values["CAPTION_DROPOUT"] == config["model"]["condition_dropout"]
+    assert (values["BATCH_SIZE"], values["TEACHER_STEPS"], values["TEACHER_LEARNING_RATE"]) == (
+        teacher["batch_size"], teacher["steps"], teacher["learning_rate"])
+    assert (values["NUM_STEPS"], values["DISTILL_STEPS"], values["LEARNING_RATE"],
+            values["WARMUP_STEPS"], values["EVAL_EVERY"]) == (
+        distill["num_steps"], distill["steps"], distill["learning_rate"],
+        distill["warmup_steps"], distill["fid_every"])
+    assert distill["weighting"] == "auto" and distill["method"] == "alternating"
+    assert values["NUM_SAMPLES"] == evaluation["num_samples"] == evaluation["num_reference"]
+    assert values["GUIDANCE_SCALE"] == evaluation["guidance_scale"]
