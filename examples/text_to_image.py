@@ -26,6 +26,11 @@ Needs:
 Run: OMP_NUM_THREADS=1 KERAS_BACKEND=torch python examples/text_to_image.py
 (`--dry-run` runs every stage for a few steps.)
 
+The same run through the command line: `keras-mm train-teacher --config text2image_toy
+--set data.text_encoder=runs/text_to_image/t5_tiny_preset --set model.uvit.text_dim=64
+--run-dir runs/t2i_teacher`, then `distill`, `evaluate`, `export` and `sample --captions`
+(see `keras-mm --help` and keras_mm/cli.py).
+
 At real scale (the paper's 512x512 model), change:
     - the encoder: `TextEncoder.from_preset("t5_1.1_xxl", sequence_length=128,
       dtype="bfloat16")` (Imagen's choice; 4096-wide embeddings; ~10 GB of encoder weights

@@ -6,6 +6,20 @@
     keras-mm export --model runs/student/generator.keras --num-steps 8 --out runs/sampler
     keras-mm sample --model runs/sampler --labels 1,2,3 --seed 0 --out grid.png
 
+Text to image (data.source "captions", e.g. the text2image_toy preset) runs the same chain:
+the captions are encoded once by data.text_encoder (a KerasHub T5 preset or a local preset
+directory) and cached in the run directory; `sample` takes `--captions` instead of
+`--labels`, and `export` adds the text encoder (`sample_from_tokens`) to the SavedModel.
+On a CPU with the tiny local T5 that examples/text_to_image.py writes (64-wide):
+
+    T2I="--config text2image_toy --set data.text_encoder=runs/text_to_image/t5_tiny_preset
+         --set model.uvit.text_dim=64"
+    keras-mm train-teacher $T2I --run-dir runs/t2i_teacher
+    keras-mm distill $T2I --teacher runs/t2i_teacher/teacher.keras --run-dir runs/t2i_student
+    keras-mm evaluate --model runs/t2i_student/generator.keras
+    keras-mm export --model runs/t2i_student/generator.keras --out runs/t2i_sampler
+    keras-mm sample --model runs/t2i_sampler --captions "a red square on the left" --out t2i.png
+
 `train-teacher`, `distill` and `evaluate` read a named config (`keras_mm.configs`) or a JSON
 file, changed by `--set section.key=value` and explicit flags. Training runs in checkpoints
 of `checkpoint_every` steps (a Keras "epoch" each): a progress bar, a CSV and TensorBoard row
@@ -197,24 +211,235 @@ def print_config(config):
 def check_runnable(config, command):
     source = config["data"]["source"]
     if source == "captions":
-        raise CommandError(
-            f"`keras-mm {command}` does not run text-to-image configs yet: captions need a "
-            "text encoder (keras_mm.TextEncoder, a KerasHub T5) and an encoded caption "
-            "dataset. Use the Python API as in examples/text_to_image.py (TextEncoder, "
-            "keras_mm.datasets.captioned_dataset, DiffusionModel, MomentMatchingDistiller)."
-        )
-    if source not in ("digits", "tfds"):
+        check_caption_config(config)
+    elif source not in ("digits", "tfds"):
         raise CommandError(
             f"Unknown data.source {source!r}; expected 'digits', 'tfds' or 'captions'."
         )
 
 
+# ---------------------------------------------------------------------- captions
+SHAPES = "shapes"  # data.name of keras_mm.datasets.make_captioned_shapes
+SHAPES_BACKGROUND_TINT = 0.4  # as examples/text_to_image.py: colour is a whole-image cue
+TOKENIZER_FILE = os.path.join("assets.extra", "t5_vocabulary.spm")  # in exported SavedModels
+
+
+def is_text(config):
+    return config is not None and config["data"]["source"] == "captions"
+
+
+def check_caption_config(config):
+    """One-line errors for a captions config's data section, before anything is loaded."""
+    data = config["data"]
+    if data["num_classes"] is not None:
+        raise CommandError("Caption data is not labelled: set data.num_classes=null.")
+    name = data["name"]
+    if not isinstance(name, str) or not name:
+        raise CommandError(f"data.name must be {SHAPES!r} or a TFDS dataset name; got {name!r}.")
+    if name != SHAPES:
+        import tensorflow_datasets as tfds
+
+        try:
+            builder = tfds.builder(name, data_dir=data["data_dir"])
+        except Exception as error:  # noqa: BLE001 - TFDS raises several kinds
+            raise CommandError(
+                f"Unknown data.name {name!r} for captions: neither {SHAPES!r} (the bundled "
+                f"captioned shapes) nor a TFDS dataset ({first_line(error)})."
+            ) from None
+        features = builder.info.features
+        caption = data["caption_feature"].split("/")[0]
+        for key, feature in (("image_feature", data["image_feature"]),
+                             ("caption_feature", caption)):
+            if feature not in features:
+                raise CommandError(
+                    f"TFDS dataset {name!r} has no feature {feature!r} (data.{key}); its "
+                    f"features are {sorted(features.keys())}."
+                )
+    encoder = data["text_encoder"]
+    if not isinstance(encoder, str) or not encoder:
+        raise CommandError("data.text_encoder must name a KerasHub T5 preset or a local "
+                           f"preset directory; got {encoder!r}.")
+
+
+def first_line(error):
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_text_encoder(config):
+    """The `keras_mm.TextEncoder` of data.text_encoder, or a one-line CommandError."""
+    data = config["data"]
+    preset = data["text_encoder"]
+    looks_local = "://" not in preset and (
+        os.sep in preset or "/" in preset or preset.startswith((".", "~")))
+    path = os.path.expanduser(preset)
+    if looks_local and not os.path.isdir(path):
+        raise CommandError(f"data.text_encoder: no text encoder preset directory at "
+                           f"'{preset}'.")
+    if os.path.isdir(path) and not os.path.isfile(os.path.join(path, "config.json")):
+        raise CommandError(
+            f"data.text_encoder: '{preset}' is not a KerasHub preset directory (no "
+            "config.json); write one with T5Backbone.save_to_preset and "
+            "T5Tokenizer.save_to_preset.")
+    import warnings
+
+    from keras_mm.models.text_encoder import TextEncoder
+
+    try:
+        with warnings.catch_warnings():  # KerasHub's T5 layers warn about Keras masks
+            warnings.filterwarnings("ignore", message=".*does not support masking")
+            encoder = TextEncoder.from_preset(path if os.path.isdir(path) else preset,
+                                              sequence_length=data["sequence_length"])
+    except Exception as error:  # noqa: BLE001 - KerasHub/Kaggle raise many kinds
+        raise CommandError(
+            f"Could not load the text encoder data.text_encoder={preset!r}: "
+            f"{first_line(error)}") from None
+    print(f"Text encoder {preset}: {encoder.hidden_dim}-wide embeddings, "
+          f"{encoder.sequence_length} tokens per caption.")
+    return encoder
+
+
+def check_text_dim(model, config, encoder=None):
+    """The model takes captions exactly when the config's data has them, and (given the
+    encoder) at the encoder's width."""
+    text_dim = getattr(model, "text_dim", None)
+    if not is_text(config):
+        if text_dim is not None:
+            raise CommandError(
+                f"The model is text-conditional (text_dim={text_dim}) but the config's "
+                f"data.source is {config['data']['source']!r}: use a captions config, e.g. "
+                "--config text2image_toy, or the config.json of the model's run.")
+        return
+    width = "the text encoder's hidden_dim" if encoder is None else encoder.hidden_dim
+    if text_dim is None:
+        raise CommandError(
+            f"data.source is 'captions' but the network has no text_dim: set "
+            f"model.uvit.text_dim to {width}.")
+    if encoder is not None and text_dim != encoder.hidden_dim:
+        raise CommandError(
+            f"model.uvit.text_dim is {text_dim} but the text encoder "
+            f"{config['data']['text_encoder']!r} gives {encoder.hidden_dim}-wide embeddings; "
+            f"set --set model.uvit.text_dim={encoder.hidden_dim} (and train the teacher "
+            "with it).")
+
+
+class CaptionData:
+    """A captions config's images, captions and cached text embeddings.
+
+    Each distinct caption goes through the text encoder once; the embeddings are kept in
+    `cache_dir`/caption_embeddings.npz (keyed by caption and encoder config) across runs.
+    """
+
+    def __init__(self, config, encoder, cache_dir=None):
+        self.config = config
+        self.encoder = encoder
+        self.cache_path = (os.path.join(cache_dir, "caption_embeddings.npz")
+                           if cache_dir else None)
+        self._reference = None
+
+    def examples(self, split, num_examples, seed=0):
+        """`(images float32 [N, H, W, C] in [-1, 1], captions)` of `split`."""
+        data = self.config["data"]
+        height, width, channels = data["image_shape"]
+        if data["name"] == SHAPES:
+            if height != width or channels != 3:
+                raise CommandError(f"The {SHAPES!r} data is square RGB; data.image_shape is "
+                                   f"{data['image_shape']}.")
+            from keras_mm.datasets import make_captioned_shapes
+
+            try:
+                return make_captioned_shapes(
+                    num_examples or 8192, image_size=height,
+                    background_tint=SHAPES_BACKGROUND_TINT, seed=seed)
+            except ValueError as error:
+                raise CommandError(f"data: {error}") from None
+        return load_tfds_captions(data, split, num_examples)
+
+    def condition(self, captions):
+        """`{"text_embeddings", "text_mask"}` of `captions`, through the cache."""
+        from keras_mm.datasets import encode_captions
+
+        return encode_captions(self.encoder, captions, cache_path=self.cache_path)
+
+    def stream(self, batch_size, seed):
+        from keras_mm.datasets import captioned_dataset
+
+        data = self.config["data"]
+        images, captions = self.examples(data["split"], data["num_examples"], seed=0)
+        print(f"{len(images)} captioned images, e.g. {captions[0]!r}.")
+        return captioned_dataset(images, captions, self.encoder, batch_size=batch_size,
+                                 seed=seed, cache_path=self.cache_path).repeat()
+
+    def reference(self):
+        """The evaluation's real images and their captions (a held-out draw of the shapes,
+        or the first eval.num_reference examples of eval.reference_split)."""
+        if self._reference is None:
+            evaluation = self.config["eval"]
+            count = max(evaluation["num_reference"] or 0, evaluation["num_samples"])
+            if self.config["data"]["name"] != SHAPES and evaluation["num_reference"] is None:
+                count = None
+            self._reference = self.examples(evaluation["reference_split"], count, seed=1)
+        return self._reference
+
+    def eval_captions(self, num_samples):
+        captions = self.reference()[1]
+        return [captions[i % len(captions)] for i in range(num_samples)]
+
+    def eval_condition(self, num_samples):
+        """The condition of `num_samples` evaluation samples: the reference captions."""
+        return self.condition(self.eval_captions(num_samples))
+
+
+def load_tfds_captions(data, split, num_examples):
+    """Images (center-cropped, resized, in [-1, 1]) and one caption each from TFDS, held in
+    memory: fine for moderate datasets; at scale, encode and shard offline."""
+    import numpy as np
+    import tensorflow as tf
+    import tensorflow_datasets as tfds
+
+    size = data["image_shape"][0]
+    try:
+        dataset = tfds.load(data["name"], split=split, data_dir=data["data_dir"],
+                            shuffle_files=False)
+    except Exception as error:  # noqa: BLE001 - TFDS raises several kinds
+        raise CommandError(f"Could not load TFDS {data['name']!r} split {split!r}: "
+                           f"{first_line(error)}") from None
+    if num_examples is not None:
+        dataset = dataset.take(num_examples)
+
+    def pick(example):
+        image = tf.cast(example[data["image_feature"]], tf.float32)
+        height, width = tf.shape(image)[0], tf.shape(image)[1]
+        side = tf.minimum(height, width)
+        image = tf.image.crop_to_bounding_box(image, (height - side) // 2,
+                                              (width - side) // 2, side, side)
+        image = tf.image.resize(image, (size, size), method="area") / 127.5 - 1.0
+        caption = example
+        for part in data["caption_feature"].split("/"):
+            caption = caption[part]
+        if caption.shape.rank:  # several captions per image: the first
+            caption = caption[0]
+        return image, caption
+
+    images, captions = [], []
+    for image_batch, caption_batch in tfds.as_numpy(
+            dataset.map(pick, num_parallel_calls=tf.data.AUTOTUNE).batch(256)):
+        images.append(image_batch.astype("float32"))
+        captions.extend(c.decode("utf-8") for c in caption_batch)
+    if not captions:
+        raise CommandError(f"TFDS {data['name']!r} split {split!r} is empty.")
+    return np.concatenate(images), captions
+
+
 # ---------------------------------------------------------------------- data
-def training_stream(config, batch_size, seed):
-    """Endless training batches: `(images, labels)`, or images for unconditional configs."""
+def training_stream(config, batch_size, seed, captions=None):
+    """Endless training batches: `(images, labels)`, images for unconditional configs, or
+    `{"images", "text_embeddings", "text_mask"}` for captions (`captions`: a CaptionData)."""
     from keras_mm import datasets
 
     data = config["data"]
+    if data["source"] == "captions":
+        return captions.stream(batch_size, seed)
     conditional = data["num_classes"] is not None
     if data["source"] == "digits":
         images, labels = datasets.load_digits()
@@ -231,11 +456,13 @@ def training_stream(config, batch_size, seed):
     return dataset if conditional else dataset.map(lambda images, labels: images)
 
 
-def reference_images(config):
+def reference_images(config, captions=None):
     """The real images that FID compares with: an array, or numpy batches from TFDS."""
     from keras_mm import datasets
 
     data, evaluation = config["data"], config["eval"]
+    if data["source"] == "captions":
+        return captions.reference()[0][: evaluation["num_reference"]]
     if data["source"] == "digits":
         images = datasets.load_digits(return_labels=False)
         return images[: evaluation["num_reference"]]
@@ -257,6 +484,12 @@ def feature_extractor(config, classifier_head=False):
     from keras_mm.metrics import InceptionFeatures, get_feature_extractor
 
     evaluation = config["eval"]
+    if evaluation["feature_extractor"] == "color_layout":
+        try:
+            return get_feature_extractor("color_layout",
+                                         image_shape=config["data"]["image_shape"])
+        except ValueError as error:
+            raise CommandError(f"eval.feature_extractor: {error}") from None
     if evaluation["feature_extractor"] != "inception_v3":
         try:
             return get_feature_extractor(evaluation["feature_extractor"])
@@ -356,6 +589,7 @@ def check_model_fits_data(model, config):
             f"The network has num_classes={model.num_classes} but data.num_classes is "
             f"{data['num_classes']}; set model.uvit.num_classes to match."
         )
+    check_text_dim(model, config)
 
 
 def default_num_steps(model, config):
@@ -459,7 +693,7 @@ def differences(a, b, prefix=""):
 
 
 def run_callbacks(run_dir, name, model_callbacks, sample_every, steps_per_epoch, config,
-                  resuming, num_steps=None):
+                  resuming, num_steps=None, captions=None):
     """The run's callbacks, in order: the model's own (FID), sample grids, CSV and
     TensorBoard logs, then the checkpoint, so that it holds what they saw."""
     import keras
@@ -475,6 +709,8 @@ def run_callbacks(run_dir, name, model_callbacks, sample_every, steps_per_epoch,
         callbacks.append(SampleGridCallback(
             path, every_n_epochs=every, num_samples=config["grid"]["num_samples"],
             seed=config["eval"]["seed"], labels=config["data"]["num_classes"],
+            condition=(captions.eval_condition(config["grid"]["num_samples"])
+                       if captions is not None else None),
             num_steps=num_steps, num_columns=config["grid"]["num_columns"],
             scale=max(1, 64 // image_size),
         ))
@@ -535,13 +771,23 @@ def require(value, flag):
         raise CommandError(f"{flag} is required.")
 
 
+def caption_data(config, model, cache_dir, encoder=None):
+    """A CaptionData for a captions config (its encoder checked against `model`), else
+    None."""
+    if not is_text(config):
+        return None
+    encoder = encoder or load_text_encoder(config)
+    check_text_dim(model, config, encoder)
+    return CaptionData(config, encoder, cache_dir)
+
+
 # ---------------------------------------------------------------------- train-teacher
 def add_train_teacher_command(subparsers):
     parser = subparsers.add_parser(
         "train-teacher",
         help="Train a diffusion teacher (writes RUN_DIR/teacher.keras).",
-        description=wrap("Train a class-conditional UViT diffusion model on the config's data and "
-        "save it, with its Adam state (the instant method's preconditioner), as "
+        description=wrap("Train a class-conditional (or, with data.source \"captions\", "
+        "text-conditional) UViT diffusion model on the config's data and save it, with its Adam state (the instant method's preconditioner), as "
         "RUN_DIR/teacher.keras. Training runs in checkpoints of teacher.checkpoint_every "
         "steps; re-running an interrupted command resumes from the last one "
         "(keras.callbacks.BackupAndRestore in RUN_DIR/backup). Logs go to RUN_DIR/log.csv "
@@ -567,8 +813,11 @@ def run_train_teacher(args):
     training = config["teacher"]
     steps_per_epoch, epochs = training_plan(training, "teacher")
     resumed_epoch = prepare_run_dir(args.run_dir, ["teacher.keras"], config, args.overwrite)
+    # The text encoder first: a missing one is reported before a large UViT is built.
+    encoder = load_text_encoder(config) if is_text(config) else None
     keras.utils.set_random_seed(training["seed"])
     teacher = build_teacher(config)
+    captions = caption_data(config, teacher, args.run_dir, encoder)
     try:
         schedule = WarmupLinearDecay(training["learning_rate"], training["warmup_steps"])
     except ValueError as error:
@@ -580,8 +829,9 @@ def run_train_teacher(args):
     callbacks = run_callbacks(
         args.run_dir, "teacher", [], training["sample_every"], steps_per_epoch, config,
         resuming=bool(resumed_epoch), num_steps=config["eval"]["teacher_num_steps"],
+        captions=captions,
     )
-    data = training_stream(config, training["batch_size"], training["seed"])
+    data = training_stream(config, training["batch_size"], training["seed"], captions)
     fit_in_checkpoints(teacher, data, epochs, steps_per_epoch, callbacks, args.verbose,
                        resumed_epoch)
     path = os.path.join(args.run_dir, "teacher.keras")
@@ -646,17 +896,19 @@ def run_distill(args):
     fid_every = in_checkpoints(distill["fid_every"], steps_per_epoch, "distill.fid_every")
     # The instant method reads its preconditioner from the teacher's saved Adam state.
     needs_adam = distill["method"] == "instant" and not distill["preconditioner_steps"]
+    encoder = load_text_encoder(config) if is_text(config) else None
     teacher = load_keras_model(args.teacher, compile=needs_adam)
     check_model_fits_data(teacher, config)
+    captions = caption_data(config, teacher, args.run_dir, encoder)
     resumed_epoch = prepare_run_dir(args.run_dir, DISTILL_ARTIFACTS, config, args.overwrite)
     keras.utils.set_random_seed(distill["seed"])
-    data = training_stream(config, distill["batch_size"], distill["seed"])
+    data = training_stream(config, distill["batch_size"], distill["seed"], captions)
 
     preconditioner = None
     if distill["method"] == "instant" and distill["preconditioner_steps"]:
         print(f"Estimating the preconditioner from {distill['preconditioner_steps']} batches.")
         preconditioner = estimate_preconditioner(
-            teacher, training_stream(config, distill["batch_size"], distill["seed"]),
+            teacher, training_stream(config, distill["batch_size"], distill["seed"], captions),
             steps=distill["preconditioner_steps"])
     try:
         distiller = MomentMatchingDistiller(
@@ -699,9 +951,10 @@ def run_distill(args):
     if fid_every:
         fid_callbacks = fid_tracking_callbacks(config, args.run_dir, best_path, fid_every,
                                                steps_per_epoch, bool(resumed_epoch),
-                                               args.verbose)
+                                               args.verbose, captions)
     callbacks = run_callbacks(args.run_dir, "distill", fid_callbacks, distill["sample_every"],
-                              steps_per_epoch, config, resuming=bool(resumed_epoch))
+                              steps_per_epoch, config, resuming=bool(resumed_epoch),
+                              captions=captions)
     fit_in_checkpoints(distiller, data, epochs, steps_per_epoch, callbacks, args.verbose,
                        resumed_epoch)
 
@@ -721,7 +974,7 @@ def run_distill(args):
 
 
 def fid_tracking_callbacks(config, run_dir, best_path, every_n_epochs, steps_per_epoch,
-                           resuming, verbose):
+                           resuming, verbose, captions=None):
     """FIDCallback, then a callback that records its best value in best_fid.json (read back
     on resume, so that a resumed run only replaces the best weights with better ones)."""
     import keras
@@ -735,13 +988,16 @@ def fid_tracking_callbacks(config, run_dir, best_path, every_n_epochs, steps_per
     stats_path = os.path.join(run_dir, f"reference_{extractor.name}.npz")
     if not os.path.exists(stats_path):
         print(f"Computing the FID reference statistics ({extractor.name}).")
-        FeatureStatistics.from_images(reference_images(config), extractor).save(stats_path)
+        FeatureStatistics.from_images(reference_images(config, captions),
+                                      extractor).save(stats_path)
     fid = FIDCallback(
         reference_stats=stats_path,
         num_samples=evaluation["num_samples"],
         every_n_epochs=every_n_epochs,
         seed=evaluation["seed"],
         labels=config["data"]["num_classes"],
+        condition=(captions.eval_condition(evaluation["num_samples"])
+                   if captions is not None else None),
         feature_extractor=extractor,
         save_best_to=best_path,
         batch_size=evaluation["batch_size"],
@@ -772,7 +1028,8 @@ def add_evaluate_command(subparsers):
         "evaluate",
         help="FD/FID, precision, recall and class accuracy of a model's samples.",
         description=wrap("Sample eval.num_samples images from MODEL (a teacher, a generator or a "
-        "distiller .keras file) with fixed seeds and balanced labels, and compare them with "
+        "distiller .keras file) with fixed seeds and balanced labels (captions configs: the "
+        "captions of the evaluation's reference images), and compare them with "
         "eval.num_reference real images in the feature space of eval.feature_extractor: "
         "Fréchet distance (FID with Inception-v3), improved precision and recall, and class "
         "accuracy. Prints a markdown table, one row per --num-steps, and writes it as "
@@ -817,6 +1074,9 @@ def run_evaluate(args):
 
     model = load_keras_model(args.model, args.custom_module, allow_distiller=True)
     check_model_fits_data(getattr(model, "generator", model), config)
+    # Caption embeddings are cached beside the model (its run directory).
+    captions = caption_data(config, getattr(model, "generator", model),
+                            os.path.dirname(os.path.abspath(args.model)))
     evaluation = config["eval"]
     num_steps = args.num_steps or [default_num_steps(model, config)]
     conditional = config["data"]["num_classes"] is not None
@@ -827,10 +1087,12 @@ def run_evaluate(args):
         extras.append("class_accuracy")
     try:
         fid = FIDCallback(
-            reference_data=reference_images(config),
+            reference_data=reference_images(config, captions),
             num_samples=evaluation["num_samples"],
             seed=evaluation["seed"],
             labels=config["data"]["num_classes"],
+            condition=(captions.eval_condition(evaluation["num_samples"])
+                       if captions is not None else None),
             feature_extractor=extractor,
             batch_size=evaluation["batch_size"],
             guidance_scale=evaluation["guidance_scale"],
@@ -887,7 +1149,10 @@ def add_sample_command(subparsers):
         help="Sample images from a SavedModel or a .keras model into a PNG grid.",
         description="Sample from an exported SavedModel (see `keras-mm export`) or a .keras "
         "DiffusionModel (or distiller) and write the images as a PNG grid. The same seed "
-        "and steps give the same images from both.",
+        "and steps give the same images from both. Text-to-image models take --captions "
+        "(or --captions-file): a SavedModel exported by `keras-mm export` tokenizes them "
+        "with the vocabulary stored beside it and needs no config; a .keras model encodes "
+        "them with the config's data.text_encoder (the run's config.json by default).",
     )
     parser.add_argument("--model", required=True,
                         help="SavedModel directory or .keras file.")
@@ -895,6 +1160,11 @@ def add_sample_command(subparsers):
                         help="comma-separated class labels, e.g. 1,2,3 (class-conditional).")
     parser.add_argument("--num-samples", type=int,
                         help="number of images (unconditional models).")
+    parser.add_argument("--captions", nargs="+", metavar="CAPTION",
+                        help='captions, one image each (text-to-image models), e.g. '
+                        '--captions "a red square on the left" "a blue circle, right".')
+    parser.add_argument("--captions-file", metavar="FILE",
+                        help="text file of captions, one per line (added after --captions).")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0).")
     parser.add_argument("--out", required=True, help="PNG file to write.")
     parser.add_argument("--num-steps", type=int,
@@ -931,10 +1201,15 @@ def run_sample(args):
         return print_config(config)
     from keras_mm.images import save_image_grid
 
-    if args.labels is not None and args.num_samples is not None:
-        raise CommandError("Pass either --labels or --num-samples, not both.")
+    args.captions = read_captions(args)
+    given = [flag for flag, value in (("--labels", args.labels),
+                                      ("--num-samples", args.num_samples),
+                                      ("--captions", args.captions)) if value is not None]
+    if len(given) > 1:
+        raise CommandError(f"Pass one of --labels, --num-samples and --captions; got "
+                           f"{' and '.join(given)}.")
     if os.path.isdir(args.model):
-        images = sample_saved_model(args)
+        images = sample_saved_model(args, config)
     elif args.model.endswith(".keras"):
         images = sample_keras_model(args, config)
     else:
@@ -947,7 +1222,42 @@ def run_sample(args):
     return 0
 
 
-def sample_saved_model(args):
+def read_captions(args):
+    """--captions and the lines of --captions-file, or None."""
+    captions = list(args.captions or [])
+    if args.captions_file:
+        try:
+            with open(args.captions_file, encoding="utf-8") as f:
+                captions += [line.strip() for line in f if line.strip()]
+        except OSError as error:
+            raise CommandError(f"--captions-file: {error}") from None
+        if not captions:
+            raise CommandError(f"--captions-file {args.captions_file} holds no captions.")
+    return captions or None
+
+
+def saved_model_tokens(args, sequence_length, config):
+    """Token ids and padding masks of --captions for an exported text sampler."""
+    import numpy as np
+
+    vocabulary = os.path.join(args.model, TOKENIZER_FILE)
+    if os.path.isfile(vocabulary):
+        import keras_hub
+
+        tokenizer = keras_hub.models.T5Tokenizer(proto=vocabulary)
+        preprocessor = keras_hub.models.T5Preprocessor(tokenizer,
+                                                       sequence_length=sequence_length)
+        packed = preprocessor(args.captions)
+        return {"token_ids": np.asarray(packed["token_ids"]).astype("int32"),
+                "padding_mask": np.asarray(packed["padding_mask"]).astype(bool)}
+    if config is None:
+        raise CommandError(
+            f"'{args.model}' has no tokenizer vocabulary ({TOKENIZER_FILE}; `keras-mm export` "
+            "writes it): pass --config with the data.text_encoder the model was trained with.")
+    return load_text_encoder(config).tokenize(args.captions)
+
+
+def sample_saved_model(args, config=None):
     import numpy as np
     import tensorflow as tf
 
@@ -968,8 +1278,28 @@ def sample_saved_model(args):
             "--num-steps."
         )
     seed = tf.constant([args.seed, 0], tf.int32)
+    text = int(metadata.get("text_dim", -1)) >= 0
+    if text and args.captions is None:
+        raise CommandError("This model is text-to-image: pass --captions (or "
+                           "--captions-file).")
+    if not text and args.captions is not None:
+        raise CommandError("This model does not take captions: pass --labels or "
+                           "--num-samples.")
     try:
-        if metadata["num_classes"] >= 0:
+        if text and hasattr(sampler, "sample_from_tokens"):
+            tokens = saved_model_tokens(args, int(metadata["sequence_length"]), config)
+            images = sampler.sample_from_tokens(
+                token_ids=tf.constant(tokens["token_ids"]),
+                padding_mask=tf.constant(tokens["padding_mask"]), seed=seed)
+        elif text:
+            if config is None:
+                raise CommandError(
+                    "This SavedModel was exported without its text encoder: pass --config "
+                    "with the data.text_encoder the model was trained with.")
+            condition = load_text_encoder(config).encode(args.captions)
+            images = sampler.sample(text_embeddings=tf.constant(condition["text_embeddings"]),
+                                    text_mask=tf.constant(condition["text_mask"]), seed=seed)
+        elif metadata["num_classes"] >= 0:
             if args.labels is None:
                 raise CommandError(
                     f"This model is class-conditional ({metadata['num_classes']} classes): "
@@ -1012,7 +1342,27 @@ def sample_keras_model(args, config):
     from keras_mm import export
 
     model, num_steps = keras_model_and_steps(args, config)
-    batch_size = len(args.labels) if args.labels is not None else args.num_samples
+    condition = None
+    if model.text_dim is not None:
+        if args.captions is None:
+            raise CommandError("This model is text-to-image: pass --captions (or "
+                               "--captions-file).")
+        if not is_text(config):
+            raise CommandError(
+                "A text-to-image .keras model needs the config of its text encoder: pass "
+                "--config (a captions config, e.g. the run's config.json).")
+        encoder = load_text_encoder(config)
+        check_text_dim(model, config, encoder)
+        condition = encoder.encode(args.captions)
+    elif args.captions is not None:
+        raise CommandError("This model does not take captions: pass --labels or "
+                           "--num-samples.")
+    if args.captions is not None:
+        batch_size = len(args.captions)
+    elif args.labels is not None:
+        batch_size = len(args.labels)
+    else:
+        batch_size = args.num_samples
     if batch_size is None or batch_size < 1:
         raise CommandError("Pass --labels (class-conditional) or --num-samples N >= 1.")
     try:
@@ -1027,6 +1377,7 @@ def sample_keras_model(args, config):
         images = model.sample(
             num_samples=batch_size,
             labels=args.labels,
+            condition=condition,
             num_steps=num_steps,
             sampler=args.sampler,
             guidance_scale=args.guidance_scale,
@@ -1047,7 +1398,11 @@ def add_export_command(subparsers):
         description="Export a .keras DiffusionModel (a teacher or a distilled generator, or "
         "a distiller's generator) as a TensorFlow SavedModel with sample, sample_from_noise, "
         "denoise and metadata endpoints (see keras_mm.export_sampler). Runs on the JAX or "
-        "TensorFlow backend; from torch it re-runs itself under TensorFlow.",
+        "TensorFlow backend; from torch it re-runs itself under TensorFlow. A text-to-image "
+        "model is exported with its frozen T5 encoder (data.text_encoder of the config: "
+        "sample_from_tokens and encode_text endpoints) and the tokenizer's SentencePiece "
+        f"vocabulary in OUT/{TOKENIZER_FILE}, so that `keras-mm sample --captions` works "
+        "on it without a config.",
     )
     parser.add_argument("--model", required=True, help=".keras file.")
     parser.add_argument("--out", required=True, help="SavedModel directory to write.")
@@ -1075,6 +1430,14 @@ def run_export(args):
     from keras_mm.export import export_sampler
 
     model, num_steps = keras_model_and_steps(args, config)
+    encoder = None
+    if model.text_dim is not None:
+        if not is_text(config):
+            raise CommandError(
+                "A text-to-image model is exported with its text encoder: pass --config (a "
+                "captions config naming data.text_encoder, e.g. the run's config.json).")
+        encoder = load_text_encoder(config)
+        check_text_dim(model, config, encoder)
     try:
         export_sampler(
             model,
@@ -1085,9 +1448,19 @@ def run_export(args):
             output=args.output,
             clip=args.clip,
             verbose=not args.quiet,
+            text_encoder=encoder,
         )
     except (ValueError, NotImplementedError) as error:
         raise CommandError(str(error)) from None
+    if encoder is not None:
+        vocabulary = os.path.join(args.out, TOKENIZER_FILE)
+        os.makedirs(os.path.dirname(vocabulary), exist_ok=True)
+        proto = encoder.preprocessor.tokenizer.proto
+        if isinstance(proto, str):  # a path to the preset's vocabulary.spm
+            with open(proto, "rb") as f:
+                proto = f.read()
+        with open(vocabulary, "wb") as f:
+            f.write(proto)
     return 0
 
 

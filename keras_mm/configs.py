@@ -26,7 +26,9 @@ CONFIG_KEYS = {
     "description": "one line on what the config is for",
     "data.source": '"digits" (scikit-learn\'s 8x8 digits, bundled), "tfds" (tfds.load) or '
                    '"captions" (text-image pairs)',
-    "data.name": "TFDS dataset name, e.g. cifar10, imagenet_resized/64x64, imagenet2012",
+    "data.name": "TFDS dataset name, e.g. cifar10, imagenet_resized/64x64, imagenet2012; "
+                 'captions: "shapes" (keras_mm.datasets.make_captioned_shapes, bundled) or a '
+                 "TFDS dataset with an image and a caption feature, e.g. coco_captions",
     "data.split": "TFDS split to train on",
     "data.image_shape": "[height, width, channels] of the training images (TFDS images are "
                         "center-cropped to a square and resized)",
@@ -34,8 +36,16 @@ CONFIG_KEYS = {
     "data.random_flip": "flip training images left-right at random",
     "data.data_dir": "TFDS data directory (null: TFDS's default, ~/tensorflow_datasets)",
     "data.shuffle_buffer": "examples in the tf.data shuffle buffer",
-    "data.text_encoder": "KerasHub T5 preset encoding the captions (text2image)",
-    "data.sequence_length": "caption tokens kept (text2image)",
+    "data.text_encoder": "captions: KerasHub T5 preset encoding the captions (e.g. "
+                         "t5_1.1_xxl, from Kaggle) or a local preset directory; its hidden_dim "
+                         "must equal model.uvit.text_dim. Each distinct caption is encoded "
+                         "once and cached in RUN_DIR/caption_embeddings.npz",
+    "data.sequence_length": "captions: caption tokens kept (padded or truncated)",
+    "data.num_examples": 'captions: examples drawn ("shapes") or read from the start of the '
+                         "TFDS split into memory (null: all of it)",
+    "data.image_feature": "captions, TFDS: the image feature",
+    "data.caption_feature": "captions, TFDS: the caption feature; a/b for nested features "
+                            "(coco_captions: captions/text), the first caption of a list",
     "model.uvit_preset": "UViT preset (keras_mm.models.uvit_presets), or null to build from "
                          "model.uvit alone",
     "model.uvit": "UViT constructor arguments overriding the preset, e.g. "
@@ -78,13 +88,19 @@ CONFIG_KEYS = {
     "distill.fid_every": "steps between FIDs during distillation, the best kept (a multiple "
                          "of checkpoint_every; 0: none)",
     "distill.seed": "seed of the distiller's draws and data order",
-    "eval.feature_extractor": '"digits" (shipped DigitsFeatures) or "inception_v3" '
-                              "(InceptionFeatures)",
+    "eval.feature_extractor": '"digits" (shipped DigitsFeatures, for 8x8 digits), '
+                              '"inception_v3" (InceptionFeatures, images of 75+ pixels) or '
+                              '"color_layout" (ColorLayoutFeatures, mean colours of the '
+                              "image quadrants: for tiny colour images such as the 8x8 "
+                              "captioned shapes)",
     "eval.inception_weights": '"imagenet" (downloaded by Keras), a weights file, or null '
                               "(random: for tests only)",
     "eval.num_samples": "samples per FID / evaluation",
-    "eval.num_reference": "real images of the reference statistics (null: the whole split)",
-    "eval.reference_split": "TFDS split of the reference images",
+    "eval.num_reference": "real images of the reference statistics (null: the whole split); "
+                          "captions: the evaluation samples take the captions of the first "
+                          "eval.num_samples of them (reused cyclically if fewer)",
+    "eval.reference_split": 'TFDS split of the reference images (captions, "shapes": a '
+                            "held-out draw with another seed)",
     "eval.batch_size": "samples per sampling call and images per feature batch",
     "eval.seed": "seed of the evaluation samples, fixed across evaluations",
     "eval.teacher_num_steps": "sampling steps of a teacher in `evaluate`, `sample`, `export` "
@@ -272,16 +288,25 @@ CONFIGS = {
         teacher=dict(PAPER_TEACHER),
     ),
     # Section 5.5: 512x512 pixel-space text-to-image with a T5-XXL encoder, batch 512,
-    # 50,000 distillation steps. The paper's data set is licensed; see
-    # examples/text_to_image.py for the text-conditional path.
+    # 50,000 distillation steps. The paper's data set is licensed; TFDS coco_captions stands
+    # in for it (its first caption per image). Its images and caption embeddings are held
+    # in memory: at this scale, encode the captions offline and shard them instead (see
+    # examples/text_to_image.py).
     "text2image": {
-        "description": "section 5.5's text-to-image setting (see examples/text_to_image.py)",
+        "description": "section 5.5's text-to-image setting: T5-XXL captions, 512x512 "
+                       "pixels (see examples/text_to_image.py)",
         "data": {
             "source": "captions",
+            "name": "coco_captions",
+            "split": "train",
             "image_shape": [512, 512, 3],
             "num_classes": None,
+            "data_dir": None,
             "text_encoder": "t5_1.1_xxl",
             "sequence_length": 128,
+            "num_examples": None,
+            "image_feature": "image",
+            "caption_feature": "captions/text",
         },
         "model": {
             "uvit_preset": None,
@@ -303,8 +328,80 @@ CONFIGS = {
         "teacher": {**PAPER_TEACHER, "batch_size": 512},
         "distill": {**copy.deepcopy(PAPER_DISTILL), "batch_size": 512, "steps": 50_000},
         "eval": {**copy.deepcopy(PAPER_EVAL), "num_reference": 30_000,
-                 "reference_split": "validation", "class_accuracy": False},
+                 "reference_split": "val", "class_accuracy": False},
         "grid": {"num_samples": 16, "num_columns": 4},
+    },
+    # examples/text_to_image.py's toy run through the CLI: 8x8 captioned shapes drawn with
+    # NumPy, a ~90k-parameter UViT that cross-attends to the caption embeddings, FD in the
+    # colour-layout feature space. data.text_encoder must name a T5 preset: a real one
+    # (e.g. t5_base_multi, text_dim 768) or a tiny local one as examples/text_to_image.py
+    # writes (hidden_dim 64); set model.uvit.text_dim to its hidden_dim.
+    "text2image_toy": {
+        "description": "text to image at toy scale on CPU: 8x8 captioned coloured shapes "
+                       '("a red square on the left"), bundled',
+        "data": {
+            "source": "captions",
+            "name": "shapes",
+            "split": "train",
+            "image_shape": [8, 8, 3],
+            "num_classes": None,
+            "data_dir": None,
+            "text_encoder": "t5_base_multi",
+            "sequence_length": 12,
+            "num_examples": 8192,
+            "image_feature": "image",
+            "caption_feature": "caption",
+        },
+        "model": {
+            "uvit_preset": None,
+            "uvit": {
+                "image_shape": [8, 8, 3],
+                "base_channels": 16,
+                "channel_multipliers": [1, 2],
+                "num_res_blocks": [1, 0],
+                "transformer_depth": 2,
+                "num_heads": 2,
+                "num_classes": None,
+                "text_dim": 768,
+                "embedding_dim": 64,
+                "norm_groups": 4,
+            },
+            "prediction_type": "v",
+            "loss_weighting": "v",
+            "condition_dropout": 0.1,
+        },
+        "teacher": {
+            "batch_size": 64,
+            "steps": 1500,
+            "learning_rate": 2e-3,
+            "warmup_steps": 0,
+            "checkpoint_every": 150,
+            "sample_every": 750,
+            "seed": 0,
+        },
+        "distill": {
+            **copy.deepcopy(PAPER_DISTILL),
+            "batch_size": 64,
+            "steps": 400,
+            "learning_rate": 3e-4,
+            "warmup_steps": 100,
+            "checkpoint_every": 100,
+            "sample_every": 200,
+            "fid_every": 200,
+        },
+        "eval": {
+            **copy.deepcopy(PAPER_EVAL),
+            "feature_extractor": "color_layout",
+            "inception_weights": None,
+            "num_samples": 384,
+            "num_reference": 384,
+            "reference_split": "validation",
+            "batch_size": 128,
+            "teacher_num_steps": 64,
+            "guidance_scale": 1.0,
+            "class_accuracy": False,
+        },
+        "grid": {"num_samples": 36, "num_columns": 6},
     },
 }
 
@@ -416,11 +513,15 @@ def _lookup(config, key):
 def _optional(config, key):
     """Keys that only one data source has."""
     source = _lookup(config, "data.source")
-    tfds_only = ("data.name", "data.split", "data.random_flip", "data.data_dir",
-                 "data.shuffle_buffer")
-    caption_only = ("data.text_encoder", "data.sequence_length")
-    return (key in tfds_only and source != "tfds") or (
-        key in caption_only and source != "captions")
+    tfds_or_captions = ("data.name", "data.split", "data.data_dir")
+    tfds_only = ("data.random_flip", "data.shuffle_buffer")
+    caption_only = ("data.text_encoder", "data.sequence_length", "data.num_examples",
+                    "data.image_feature", "data.caption_feature")
+    return (
+        (key in tfds_or_captions and source not in ("tfds", "captions"))
+        or (key in tfds_only and source != "tfds")
+        or (key in caption_only and source != "captions")
+    )
 
 
 def describe_keys(sections=None):

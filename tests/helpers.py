@@ -1,6 +1,9 @@
-"""Small networks with closed-form behaviour, shared by the tests."""
+"""Small networks with closed-form behaviour, and a tiny local T5 preset, shared by the tests."""
+
+import io
 
 import keras
+import numpy as np
 from keras import ops
 
 from keras_mm.diffusion import alpha_sigma, broadcast_to_data
@@ -50,3 +53,31 @@ class TinyConvNet(keras.Model):
     def get_config(self):
         return {**super().get_config(), "image_shape": self.image_shape,
                 "num_classes": self.num_classes, "width": self.width}
+
+
+def write_tiny_t5_preset(path, captions, hidden_dim=16, seed=0):
+    """Write a KerasHub T5 preset directory, as a Kaggle download would unpack it: a
+    SentencePiece word vocabulary trained on `captions` and a 2-layer T5 with random
+    weights. Returns `path`."""
+    import keras_hub
+    import sentencepiece as spm
+
+    proto = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions), model_writer=proto, vocab_size=64,
+        model_type="WORD", hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
+        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2,
+    )  # fmt: skip
+    tokenizer = keras_hub.models.T5Tokenizer(proto=proto.getvalue())
+    keras.utils.set_random_seed(seed)
+    backbone = keras_hub.models.T5Backbone(
+        vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=2,
+        hidden_dim=hidden_dim, intermediate_dim=2 * hidden_dim, dropout=0.0,
+    )  # fmt: skip
+    # KerasHub draws a fresh T5's token embeddings around 1 +- 0.05 (TruncatedNormal(1.0)
+    # sets the mean), so all captions would embed alike; trained embeddings are spread out.
+    table = backbone.token_embedding.embeddings
+    table.assign(np.random.default_rng(seed).normal(size=table.shape).astype("float32"))
+    backbone.save_to_preset(str(path))
+    tokenizer.save_to_preset(str(path))
+    return str(path)

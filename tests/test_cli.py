@@ -296,11 +296,16 @@ def test_config_files_and_overrides(tmp_path, capsys):
     assert "multiple of teacher.checkpoint_every" in capsys.readouterr().err
 
 
-def test_text2image_preset_points_to_the_python_api(tmp_path, capsys):
+def test_text2image_preset_needs_its_text_encoder(tmp_path, capsys):
     for command in (["train-teacher", "--run-dir", str(tmp_path)],
                     ["distill", "--teacher", "t.keras", "--run-dir", str(tmp_path)]):
-        assert main([*command, "--config", "text2image"]) == 2
-        assert "examples/text_to_image.py" in capsys.readouterr().err
+        code = main([*command, "--config", "text2image",
+                     "--set", f"data.text_encoder={tmp_path / 'no_t5'}"])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert err.strip().endswith("no text encoder preset directory at "
+                                    f"'{tmp_path / 'no_t5'}'.")
+        assert len(err.strip().splitlines()) == 1
 
 
 def test_backend_option(monkeypatch):

@@ -30,7 +30,7 @@ from keras_mm.metrics.feature_extractor import FeatureExtractor
 from keras_mm.models.diffusion_model import DiffusionModel
 from keras_mm.models.text_encoder import TextEncoder
 from keras_mm.models.uvit import UViT
-from tests.helpers import TinyConvNet
+from tests.helpers import TinyConvNet, write_tiny_t5_preset
 
 # KerasHub's T5 layers take the padding mask as an argument, and warn about Keras masks.
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not support masking")
@@ -57,26 +57,8 @@ def data():
 def preset_dir(data, tmp_path_factory):
     """A KerasHub T5 preset directory, as a Kaggle download would unpack it."""
     _, captions = data
-    proto = io.BytesIO()
-    spm.SentencePieceTrainer.train(
-        sentence_iterator=iter(captions[:400]), model_writer=proto, vocab_size=64,
-        model_type="WORD", hard_vocab_limit=False, pad_id=0, eos_id=1, unk_id=2, bos_id=-1,
-        pad_piece="<pad>", eos_piece="</s>", unk_piece="<unk>", minloglevel=2,
-    )  # fmt: skip
-    tokenizer = keras_hub.models.T5Tokenizer(proto=proto.getvalue())
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.T5Backbone(
-        vocabulary_size=tokenizer.vocabulary_size(), num_layers=2, num_heads=2,
-        hidden_dim=TEXT_DIM, intermediate_dim=32, dropout=0.0,
-    )  # fmt: skip
-    # KerasHub draws a fresh T5's token embeddings around 1 +- 0.05 (TruncatedNormal(1.0)
-    # sets the mean), so all captions would embed alike; trained embeddings are spread out.
-    table = backbone.token_embedding.embeddings
-    table.assign(np.random.default_rng(0).normal(size=table.shape).astype("float32"))
-    path = str(tmp_path_factory.mktemp("t5_tiny"))
-    backbone.save_to_preset(path)
-    tokenizer.save_to_preset(path)
-    return path
+    return write_tiny_t5_preset(tmp_path_factory.mktemp("t5_tiny"), captions[:400],
+                                hidden_dim=TEXT_DIM)
 
 
 @pytest.fixture(scope="module")

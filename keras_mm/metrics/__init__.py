@@ -3,10 +3,12 @@
 Metrics compare features of real and generated images, computed by a `FeatureExtractor`:
 `InceptionFeatures` (keras.applications Inception-v3; comparable within keras_mm, not to
 published FIDs) or `DigitsFeatures` (a tiny shipped classifier of sklearn's 8x8 digits, for
-CPU runs). Statistics accumulate in float64 numpy.
+CPU runs) or `ColorLayoutFeatures` (mean colours of image quadrants, for tiny colour images
+such as the 8x8 captioned shapes). Statistics accumulate in float64 numpy.
 """
 
 from keras_mm.metrics.class_accuracy import ClassAccuracy  # noqa: F401
+from keras_mm.metrics.color_layout_features import ColorLayoutFeatures  # noqa: F401
 from keras_mm.metrics.digits_features import DigitsFeatures  # noqa: F401
 from keras_mm.metrics.feature_extractor import (  # noqa: F401
     FeatureExtractor,

@@ -117,7 +117,8 @@ class FeatureExtractor:
 
 
 def get_feature_extractor(identifier, **kwargs):
-    """Returns a feature extractor from a name (`"digits"`, `"inception_v3"`) or an instance.
+    """Returns a feature extractor from a name (`"digits"`, `"inception_v3"`,
+    `"color_layout"`) or an instance.
 
     Args:
         identifier: a `FeatureExtractor` or other callable with a `.name` (returned as
@@ -126,10 +127,12 @@ def get_feature_extractor(identifier, **kwargs):
     """
     if not isinstance(identifier, str):
         return identifier
+    from keras_mm.metrics.color_layout_features import ColorLayoutFeatures
     from keras_mm.metrics.digits_features import DigitsFeatures
     from keras_mm.metrics.inception_features import InceptionFeatures
 
-    extractors = {"digits": DigitsFeatures, "inception_v3": InceptionFeatures}
+    extractors = {"digits": DigitsFeatures, "inception_v3": InceptionFeatures,
+                  "color_layout": ColorLayoutFeatures}
     if identifier not in extractors:
         raise ValueError(
             f"Unknown feature extractor {identifier!r}; expected one of {sorted(extractors)} "
