@@ -787,7 +787,8 @@ def add_train_teacher_command(subparsers):
         "train-teacher",
         help="Train a diffusion teacher (writes RUN_DIR/teacher.keras).",
         description=wrap("Train a class-conditional (or, with data.source \"captions\", "
-        "text-conditional) UViT diffusion model on the config's data and save it, with its Adam state (the instant method's preconditioner), as "
+        "text-conditional) UViT diffusion model on the config's data and save it, with its "
+        "Adam state (the instant method's preconditioner), as "
         "RUN_DIR/teacher.keras. Training runs in checkpoints of teacher.checkpoint_every "
         "steps; re-running an interrupted command resumes from the last one "
         "(keras.callbacks.BackupAndRestore in RUN_DIR/backup). Logs go to RUN_DIR/log.csv "

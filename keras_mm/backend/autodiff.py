@@ -160,7 +160,8 @@ def compile_with_variables(fn, variables):
     """Compile `fn(*args)`, which reads `variables`, for repeated eager calls.
 
     JAX: `jax.jit` with the variables' current values passed in (so new weights are used
-    without recompiling); TensorFlow: `tf.function` (variables are captured); torch: `fn` under `torch.no_grad()`.
+    without recompiling); TensorFlow: `tf.function` (variables are captured); torch: `fn`
+    under `torch.no_grad()`.
     """
     variables = list(variables)
     if _BACKEND == "jax":
