@@ -6,7 +6,8 @@ shipped `DigitsFeatures`, class accuracy, precision and recall of the teacher's 
 sampler at 8, 64 and 256 steps and of the student at 8 steps, and writes
 `<out>/results.md` and a PNG grid per row.
 
-Run: `KERAS_BACKEND=torch python -m keras_mm.demo --out runs/demo` (what `make demo` does).
+Run: `KERAS_BACKEND=tensorflow python -m keras_mm.demo --out runs/demo` (what `make demo`
+does). Training runs on full batches (`keras_mm.datasets.infinite_batches`), counted in steps.
 """
 
 import argparse
@@ -19,7 +20,7 @@ import numpy as np
 import keras_mm
 from keras_mm import metrics
 from keras_mm.callbacks import FIDCallback
-from keras_mm.datasets import load_digits
+from keras_mm.datasets import infinite_batches, load_digits
 from keras_mm.images import save_image_grid
 from keras_mm.models.uvit import UViT
 
@@ -28,14 +29,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--teacher-epochs", type=int, default=150,
-                        help="teacher epochs over the 1,797 digits (batch 128)")
+                        help="teacher epochs of 14 full batches of 128 digits")
     parser.add_argument("--distill-steps", type=int, default=1000,
                         help="distiller fit steps (each = 1 auxiliary + 1 generator update)")
     parser.add_argument("--learning-rate", type=float, default=3e-4,
                         help="peak learning rate of the distiller's Adam")
     parser.add_argument("--num-samples", type=int, default=1000,
                         help="samples per evaluated sampler")
-    parser.add_argument("--eval-every", type=int, default=250,
+    parser.add_argument("--eval-every", type=int, default=100,
                         help="distillation steps between Fréchet-distance evaluations")
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
@@ -54,22 +55,26 @@ def main(argv=None):
     teacher = keras_mm.DiffusionModel(UViT.from_preset("uvit_digits"), seed=args.seed)
     teacher.compile()
     start = time.time()
-    teacher.fit(images, labels, batch_size=128, epochs=args.teacher_epochs, verbose=2)
+    steps_per_epoch = len(images) // 128
+    teacher.fit(infinite_batches(images, labels, batch_size=128, seed=args.seed),
+                steps_per_epoch=steps_per_epoch, epochs=args.teacher_epochs, verbose=2)
     teacher_minutes = (time.time() - start) / 60
 
     print(f"[2/3] Distilling an 8-step student (alternating, {args.distill_steps} steps)")
     distiller = keras_mm.MomentMatchingDistiller(
         teacher, num_steps=8, method="alternating", weighting="flat", seed=args.seed)
-    distiller.compile(learning_rate=args.learning_rate, warmup_steps=min(100, args.distill_steps // 10),
+    distiller.compile(learning_rate=args.learning_rate,
+                      warmup_steps=min(100, args.distill_steps // 10),
                       total_steps=args.distill_steps)
     best_path = os.path.join(args.out, "student_best.weights.h5")
     fid = FIDCallback(reference_data=images, num_samples=500, every_n_steps=args.eval_every,
                       num_steps=8, seed=1234, labels=10, feature_extractor=features,
                       save_best_to=best_path)
-    steps_per_epoch = len(images) // 128
     start = time.time()
-    distiller.fit(images, labels, batch_size=128, verbose=2, callbacks=[fid],
-                  epochs=max(1, args.distill_steps // steps_per_epoch))
+    log_every = min(50, args.distill_steps)  # a progress line every this many steps
+    distiller.fit(infinite_batches(images, labels, batch_size=128, seed=args.seed + 1),
+                  steps_per_epoch=log_every, epochs=max(1, args.distill_steps // log_every),
+                  verbose=2, callbacks=[fid])
     distill_minutes = (time.time() - start) / 60
     if os.path.exists(best_path):
         distiller.load_weights(best_path)
