@@ -116,7 +116,8 @@ def main(argv=None):
     start = time.time()
     from keras_mm.datasets import infinite_batches
 
-    # Full batches only: a partial last batch every epoch made the teacher markedly worse.
+    # Full batches only: with a partial last batch every epoch the teacher came out markedly
+    # worse in our runs (cause not isolated).
     teacher.fit(infinite_batches(images, labels, batch_size=args.batch_size, seed=args.seed),
                 steps_per_epoch=len(images) // args.batch_size, epochs=args.teacher_epochs,
                 verbose=0)
