@@ -1,5 +1,19 @@
 """Named UViT configurations, built by `UViT.from_preset(name, **overrides)`."""
 
+_IMAGENET64_SMALL = {
+    "image_shape": (64, 64, 3),
+    "base_channels": 128,
+    "channel_multipliers": (1, 2, 8),
+    "num_res_blocks": (2, 2, 0),
+    "transformer_depth": 24,
+    "num_heads": 16,
+    "num_classes": 1000,
+    "embedding_dim": 1024,
+    "dropout": 0.1,
+    "dropout_from_level": 1,
+}
+
+
 UVIT_PRESETS = {
     # For unit tests: a few thousand parameters, builds and runs in well under a second.
     "uvit_tiny": {
@@ -32,31 +46,12 @@ UVIT_PRESETS = {
     # Class-conditional ImageNet 64x64 at the paper's scale (~400M parameters, §6): conv
     # ResBlocks at 64 and 32, the transformer at 16x16 (simple diffusion's "small" U-ViT
     # shape; its exact widths are not in the paper, these match the parameter count).
-    "imagenet64_small": {
-        "image_shape": (64, 64, 3),
-        "base_channels": 128,
-        "channel_multipliers": (1, 2, 8),
-        "num_res_blocks": (2, 2, 0),
-        "transformer_depth": 24,
-        "num_heads": 16,
-        "num_classes": 1000,
-        "embedding_dim": 1024,
-        "dropout": 0.1,
-        "dropout_from_level": 1,
-    },
+    "imagenet64_small": _IMAGENET64_SMALL,
     # The same network on 128x128 images cut into 2x2 patches first (simple diffusion's
     # downsampling for higher resolutions), so it runs at the 64x64 net's cost.
     "imagenet128_small": {
+        **_IMAGENET64_SMALL,
         "image_shape": (128, 128, 3),
-        "base_channels": 128,
-        "channel_multipliers": (1, 2, 8),
-        "num_res_blocks": (2, 2, 0),
-        "transformer_depth": 24,
-        "num_heads": 16,
-        "num_classes": 1000,
-        "embedding_dim": 1024,
-        "dropout": 0.1,
-        "dropout_from_level": 1,
         "patch_size": 2,
     },
 }
