@@ -1,20 +1,15 @@
 """The user's own images: `load_image_folder` and `load_npz`."""
 
-import os
-
 import numpy as np
 import pytest
-from PIL import Image
 
-from keras_mm.datasets import DatasetNotAvailableError, load_image_folder, load_npz
-
-
-def write_image(path, pixels):
-    """Writes uint8 pixels [H, W, C] (C = 1: grayscale, 3: RGB, 4: RGBA) as an image file."""
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    pixels = np.asarray(pixels, np.uint8)
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path)
-    return path
+from keras_mm.datasets import (
+    DatasetNotAvailableError,
+    load_digits,
+    load_image_folder,
+    load_npz,
+)
+from tests.helpers import write_image_file, write_image_folder
 
 
 def constant(height, width, color):
@@ -23,11 +18,11 @@ def constant(height, width, color):
 
 def test_class_subfolders_become_sorted_labels_of_every_size_and_mode(tmp_path):
     # Written out of order, in several sizes, formats and Pillow modes.
-    write_image(tmp_path / "zebra" / "a.png", constant(12, 20, (255, 0, 51)))
-    write_image(tmp_path / "zebra" / "nested" / "b.png", constant(5, 5, (255, 0, 51)))
-    write_image(tmp_path / "ant" / "gray.png", constant(9, 7, (51,)))
-    write_image(tmp_path / "ant" / "rgba.png", constant(8, 8, (0, 255, 0, 128)))
-    write_image(tmp_path / "ant" / "photo.JPG", constant(16, 10, (255, 255, 255)))
+    write_image_file(tmp_path / "zebra" / "a.png", constant(12, 20, (255, 0, 51)))
+    write_image_file(tmp_path / "zebra" / "nested" / "b.png", constant(5, 5, (255, 0, 51)))
+    write_image_file(tmp_path / "ant" / "gray.png", constant(9, 7, (51,)))
+    write_image_file(tmp_path / "ant" / "rgba.png", constant(8, 8, (0, 255, 0, 128)))
+    write_image_file(tmp_path / "ant" / "photo.JPG", constant(16, 10, (255, 255, 255)))
     (tmp_path / "ant" / "notes.txt").write_text("not an image")
     (tmp_path / ".cache").mkdir()
 
@@ -45,9 +40,20 @@ def test_class_subfolders_become_sorted_labels_of_every_size_and_mode(tmp_path):
     np.testing.assert_allclose(images[-1, 0, 0], [1.0, -1.0, -0.6], atol=1e-6)
 
 
+def test_digits_round_trip_through_png_files(tmp_path):
+    images, labels = load_digits()
+    images, labels = images[:30], labels[:30]
+    write_image_folder(tmp_path, images, labels)
+    loaded, loaded_labels, class_names = load_image_folder(str(tmp_path), (8, 8, 1))
+    assert class_names == sorted({f"{label:03d}" for label in labels})
+    order = np.argsort(labels, kind="stable")  # files are read class by class
+    np.testing.assert_array_equal(loaded_labels, np.searchsorted(np.unique(labels), labels[order]))
+    np.testing.assert_allclose(loaded, images[order], atol=0.5 / 127.5 + 1e-6)
+
+
 def test_images_directly_in_the_folder_have_no_labels_and_convert_channels(tmp_path):
-    write_image(tmp_path / "b.webp", constant(6, 6, (255, 0, 0)))
-    write_image(tmp_path / "a.bmp", constant(10, 8, (0, 0, 255)))
+    write_image_file(tmp_path / "b.webp", constant(6, 6, (255, 0, 0)))
+    write_image_file(tmp_path / "a.bmp", constant(10, 8, (0, 0, 255)))
     images, labels, class_names = load_image_folder(str(tmp_path), (8, 8, 1))
     assert labels is None and class_names is None
     assert images.shape == (2, 8, 8, 1)
@@ -62,9 +68,9 @@ def test_center_crop_keeps_the_middle_of_a_wide_image(tmp_path):
     # 32 wide, 8 high: black | white halves. The 8 x 8 crop is columns 12..20, half each.
     pixels = np.zeros((8, 32, 3), np.uint8)
     pixels[:, 16:] = 255
-    write_image(tmp_path / "wide.png", pixels)
+    write_image_file(tmp_path / "wide.png", pixels)
     # And a tall one: black on top, white below; the crop is rows 12..20.
-    write_image(tmp_path / "tall.png", pixels.transpose(1, 0, 2))
+    write_image_file(tmp_path / "tall.png", pixels.transpose(1, 0, 2))
     images, _, _ = load_image_folder(str(tmp_path), (4, 4, 3))
     tall, wide = images  # sorted names
     np.testing.assert_allclose(wide[:, 0], -1.0, atol=0.05)
@@ -81,13 +87,13 @@ def test_center_crop_keeps_the_middle_of_a_wide_image(tmp_path):
     "make, error, message",
     [
         (lambda p: p / "missing", DatasetNotAvailableError, "No such folder: .*missing"),
-        (lambda p: write_image(p / "one.png", constant(4, 4, (0, 0, 0))), ValueError,
+        (lambda p: write_image_file(p / "one.png", constant(4, 4, (0, 0, 0))), ValueError,
          "one.png is not a folder"),
         (lambda p: p, ValueError, "No images in .*; put image files in it"),
-        (lambda p: (p / "cats").mkdir() or write_image(p / "dogs" / "d.png", constant(4, 4, (1,)))
+        (lambda p: (p / "cats").mkdir() or write_image_file(p / "dogs" / "d.png", constant(4, 4, (1,)))
          and p, ValueError, "class folder .*cats holds no images; add images to it or remove it"),
-        (lambda p: write_image(p / "cats" / "c.png", constant(4, 4, (1, 2, 3)))
-         and write_image(p / "loose.png", constant(4, 4, (1, 2, 3))) and p, ValueError,
+        (lambda p: write_image_file(p / "cats" / "c.png", constant(4, 4, (1, 2, 3)))
+         and write_image_file(p / "loose.png", constant(4, 4, (1, 2, 3))) and p, ValueError,
          "holds both images .*loose.png.* and class folders .*cats.*move the images"),
         (lambda p: (p / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really") and p,
          ValueError, "Could not read the image .*broken.png .*replace or remove the file"),
@@ -101,7 +107,7 @@ def test_image_folder_errors_are_one_clear_line(tmp_path, make, error, message):
 
 
 def test_truncated_image_names_the_file(tmp_path):
-    write_image(tmp_path / "cats" / "cut.jpg", np.full((32, 32, 3), 90, np.uint8))
+    write_image_file(tmp_path / "cats" / "cut.jpg", np.full((32, 32, 3), 90, np.uint8))
     data = (tmp_path / "cats" / "cut.jpg").read_bytes()
     (tmp_path / "cats" / "cut.jpg").write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match="Could not read the image .*cut.jpg"):
@@ -109,7 +115,7 @@ def test_truncated_image_names_the_file(tmp_path):
 
 
 def test_bad_image_shape_is_refused(tmp_path):
-    write_image(tmp_path / "a.png", constant(4, 4, (0, 0, 0)))
+    write_image_file(tmp_path / "a.png", constant(4, 4, (0, 0, 0)))
     for shape in [(4, 4), (4, 4, 2), (0, 4, 3), "8x8"]:
         with pytest.raises(ValueError, match="image_shape must be .height, width, channels."):
             load_image_folder(str(tmp_path), shape)

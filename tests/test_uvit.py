@@ -9,7 +9,12 @@ from keras_mm.backend import compile_with_variables, jvp
 from keras_mm.models.layers import depth_to_space, space_to_depth, upsample_nearest
 from keras_mm.models.uvit import UViT
 from keras_mm.models.uvit_presets import UVIT_PRESETS
-from tests.testing import run_layer_test, run_model_saving_test, run_serialization_test
+from tests.testing import (
+    perturb_weights,
+    run_layer_test,
+    run_model_saving_test,
+    run_serialization_test,
+)
 
 BATCH = 3
 TEXT_DIM = 6
@@ -37,10 +42,7 @@ def perturb(model, inputs, seed=0, scale=0.1):
     """Builds `model` on `inputs` and adds noise to every weight, so zero-initialised
     layers pass signal."""
     model(inputs)
-    rng = np.random.default_rng(seed)
-    for variable in model.weights:
-        value = keras.ops.convert_to_numpy(variable)
-        variable.assign(value + scale * rng.normal(size=value.shape).astype(value.dtype))
+    perturb_weights(model, seed, scale)
     return model
 
 
