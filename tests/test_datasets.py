@@ -54,11 +54,12 @@ def test_digits_round_trip_through_png_files(tmp_path):
 def test_images_directly_in_the_folder_have_no_labels_and_convert_channels(tmp_path):
     write_image_file(tmp_path / "b.webp", constant(6, 6, (255, 0, 0)))
     write_image_file(tmp_path / "a.bmp", constant(10, 8, (0, 0, 255)))
+    write_image_file(tmp_path / "c.gif", constant(9, 9, (0, 255, 0)))
     images, labels, class_names = load_image_folder(str(tmp_path), (8, 8, 1))
     assert labels is None and class_names is None
-    assert images.shape == (2, 8, 8, 1)
+    assert images.shape == (3, 8, 8, 1)
     # Pillow's grayscale: L = (299 R + 587 G + 114 B) / 1000 (WebP is lossy: two levels).
-    np.testing.assert_allclose(images[:, 0, 0, 0], np.array([29.07, 76.245]) / 127.5 - 1,
+    np.testing.assert_allclose(images[:, 0, 0, 0], np.array([29.07, 76.245, 149.685]) / 127.5 - 1,
                                atol=2 / 127.5)
     rgba, _, _ = load_image_folder(str(tmp_path), (8, 8, 4))
     np.testing.assert_allclose(rgba[..., 3], 1.0)  # opaque
