@@ -8,8 +8,8 @@ piece.
 - `run_serialization_test(instance)`: `get_config` -> `from_config`, and
   `serialize_keras_object` -> JSON -> `deserialize_keras_object`, give the same config.
 - `run_layer_test(cls, init_kwargs, input_data, expected_output_shape)`: the serialization
-  test; the symbolic call (KerasTensors) gives the expected shapes; the eager call gives
-  them too, finite and in the layer's compute dtype; a compiled call (`jax.jit` /
+  test; the symbolic call (KerasTensors) builds the layer and gives the expected shapes; the
+  eager call gives them too, finite and in the layer's compute dtype; a compiled call (`jax.jit` /
   `tf.function`, as `keras_mm.backend.compile_with_variables` compiles the samplers) agrees
   with the eager one; a clone from the config with the same weights gives the same outputs;
   and the `.keras` save/load round trip (`run_model_saving_test`) gives the same outputs.
@@ -147,11 +147,9 @@ def run_layer_test(
         lambda x: keras.KerasTensor(x.shape, keras.backend.standardize_dtype(x.dtype)),
         input_data,
     )
-    assert shapes_of(call_layer(cls(**init_kwargs), symbolic)) == expected_output_shape
-
     layer = cls(**init_kwargs)
-    call_layer(layer, input_data)  # builds
-    assert layer.built
+    assert shapes_of(call_layer(layer, symbolic)) == expected_output_shape
+    assert layer.built  # by the symbolic call; the eager calls below use those weights
     if expected_num_trainable_weights is not None:
         assert len(layer.trainable_weights) == expected_num_trainable_weights
     perturb_weights(layer)
