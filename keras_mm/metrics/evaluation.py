@@ -99,7 +99,8 @@ def sample_batches(model, num_samples, seed, batch_size, condition=None, **sampl
         num_samples: samples in all.
         seed: seed of the first batch.
         batch_size: samples per `model.sample` call (the last batch may be smaller).
-        condition: a dict of per-sample arrays of `num_samples` rows, sliced per batch; `"labels"` are passed as `labels=`, the rest as `condition=`.
+        condition: a dict of per-sample arrays of `num_samples` rows, sliced per batch;
+            `"labels"` are passed as `labels=`, the rest as `condition=`.
         **sample_kwargs: passed to `model.sample`; those that are `None` are left out, so
             the model's defaults apply.
     """
@@ -309,7 +310,9 @@ class Evaluator:
             else:
                 batch_features, batch_logits = self.feature_extractor(images), None
             generated.update(batch_features)
-            features.append(batch_features)
+            # Kept only for the metrics that need them (50k Inception features: 800 MB).
+            if {"kid", "precision_recall"} & set(self.extra_metrics):
+                features.append(batch_features)
             logits.append(batch_logits)
             labels.append(batch.get("labels"))
         results = self._scores(reference, generated, features, logits, labels)
