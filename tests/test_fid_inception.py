@@ -15,6 +15,7 @@ import importlib.util
 import os
 import sys
 
+import keras
 import numpy as np
 import pytest
 from keras import ops
@@ -101,7 +102,7 @@ def reference(tmp_path_factory, monkeypatch_module):
                                                       batch_size=4)
     fc_weight, fc_bias = network.fc.weight.detach().numpy(), network.fc.bias.detach().numpy()
     return {"torch_model": torch_model, "extractor": extractor, "weights_path": weights_path,
-                "fc_weight": fc_weight, "fc_bias": fc_bias}
+            "fc_weight": fc_weight, "fc_bias": fc_bias}
 
 
 @pytest.fixture(scope="module")
@@ -164,6 +165,11 @@ def test_saved_weights_load_and_biased_logits(reference):
 
 
 def test_fid_end_to_end_equals_pytorch_fid(reference, tmp_path):
+    # The features match pytorch-fid's on every backend (tests above) and the FID is numpy
+    # from there on; pytorch-fid's scipy `sqrtm` of a 2048x2048 matrix alone takes 30 s to
+    # minutes on a 2-core CPU, so the end-to-end comparison runs on one backend.
+    if keras.backend.backend() != "jax":
+        pytest.skip("FID end to end runs on the JAX backend only (features match on all).")
     directories = []
     for index, seed in enumerate([10, 11]):
         directory = tmp_path / f"set{index}"

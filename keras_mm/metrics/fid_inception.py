@@ -238,7 +238,9 @@ class FIDInceptionFeatures(FeatureExtractor):
     layers (every backend) with pytorch-fid's FID-specific blocks (`FIDInceptionA/C/E_1/E_2`:
     average pools that exclude padding, the max pool of the last block). Its weights are
     pytorch-fid's `pt_inception-2015-12-05-6726825d.pth`, converted once with
-    `from_pytorch_fid` into a `.weights.h5` that later runs load.
+    `from_pytorch_fid` into a `.weights.h5` that later runs load. (clean-fid's
+    `inception-2015-12-05.pt` holds the same graph as a TorchScript archive; this converter
+    reads pytorch-fid's state dict only.)
 
     Input handling is pytorch-fid's: uint8 images in [0, 255] or floats in [-1, 1] (clipped
     to it), grayscale repeated to RGB, then each image is resized to 299x299 with bilinear
