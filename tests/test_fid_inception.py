@@ -25,7 +25,10 @@ from keras_mm.metrics.fid_inception import (
     FID_INCEPTION_NAME,
     FIDInceptionFeatures,
     bilinear_resize_matrix,
+    build_fid_inception,
+    load_pytorch_fid_state_dict,
     missing_weights_message,
+    read_pytorch_state_dict,
 )
 
 torch = pytest.importorskip("torch")
@@ -217,3 +220,14 @@ def test_missing_weights_is_one_line_naming_the_fix(tmp_path):
     assert "from_pytorch_fid" in message and "pt_inception-2015-12-05" in message
     with pytest.raises(ValueError, match="from_pytorch_fid"):
         FIDInceptionFeatures(weights=str(tmp_path / "weights.pth"))
+
+
+def test_converter_refuses_other_networks_and_says_when_torch_is_missing(monkeypatch, tmp_path):
+    model = build_fid_inception()
+    not_inception = {"Conv2d_1a_3x3.conv.weight": np.zeros((32, 3, 3, 3), "float32"),
+                     "encoder.proj.weight": np.zeros((4, 4), "float32")}
+    with pytest.raises(ValueError, match=r"not pytorch-fid's FID Inception.*encoder_proj"):
+        load_pytorch_fid_state_dict(model, not_inception)
+    monkeypatch.setitem(sys.modules, "torch", None)  # as if torch were not installed
+    with pytest.raises(ImportError, match=r"needs PyTorch .*copy the `.weights.h5`"):
+        read_pytorch_state_dict(str(tmp_path / "pt_inception.pth"))
