@@ -20,7 +20,7 @@ def measure(num_images, batch_size):
     import keras
     import numpy as np
 
-    from keras_mm.metrics.fid_inception import FIDInceptionFeatures
+    from keras_mm.metrics.extractors.fid_inception import FIDInceptionFeatures
 
     extractor = FIDInceptionFeatures(weights=None, batch_size=batch_size)
     rng = np.random.default_rng(0)

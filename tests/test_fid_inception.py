@@ -18,10 +18,12 @@ import sys
 import keras
 import numpy as np
 import pytest
+
+import keras_mm
 from keras import ops
 
 from keras_mm.metrics import FeatureStatistics, InceptionScore, frechet_distance
-from keras_mm.metrics.fid_inception import (
+from keras_mm.metrics.extractors.fid_inception import (
     FID_INCEPTION_NAME,
     FIDInceptionFeatures,
     bilinear_resize_matrix,
@@ -220,6 +222,10 @@ def test_missing_weights_is_one_line_naming_the_fix(tmp_path):
     assert "from_pytorch_fid" in message and "pt_inception-2015-12-05" in message
     with pytest.raises(ValueError, match="from_pytorch_fid"):
         FIDInceptionFeatures(weights=str(tmp_path / "weights.pth"))
+    # The registry builds the same extractor by name (what configs and FIDCallback use).
+    with pytest.raises(FileNotFoundError) as error:
+        keras_mm.metrics.get_feature_extractor("fid_inception", weights=path)
+    assert str(error.value) == missing_weights_message(path)
 
 
 def test_converter_refuses_other_networks_and_says_when_torch_is_missing(monkeypatch, tmp_path):

@@ -1,8 +1,10 @@
 """Sample-quality metrics: Fréchet distance (FID), KID, Inception Score, precision/recall.
 
 Metrics compare features of real and generated images, computed by a `FeatureExtractor`
-(registry and built-in extractors in `keras_mm.metrics.extractors`): `InceptionFeatures`
-(keras.applications Inception-v3; comparable within keras_mm, not to published FIDs),
+(registry and built-in extractors in `keras_mm.metrics.extractors`): `FIDInceptionFeatures`
+(the 2015 Inception graph that published FIDs and Inception Scores use, converted once from
+pytorch-fid's weights file), `InceptionFeatures` (keras.applications Inception-v3;
+comparable within keras_mm, not to published FIDs),
 `DigitsFeatures` (a tiny shipped classifier of sklearn's 8x8 digits, for CPU runs) or
 `ColorLayoutFeatures` (mean colours of image quadrants, for tiny colour images such as the
 8x8 captioned shapes). Statistics accumulate in float64 numpy.
@@ -19,6 +21,7 @@ from keras_mm.metrics.evaluation import Evaluator, sample_and_score  # noqa: F40
 from keras_mm.metrics.extractors import get_feature_extractor  # noqa: F401
 from keras_mm.metrics.extractors.color_layout_features import ColorLayoutFeatures  # noqa: F401
 from keras_mm.metrics.extractors.digits_features import DigitsFeatures  # noqa: F401
+from keras_mm.metrics.extractors.fid_inception import FIDInceptionFeatures  # noqa: F401
 from keras_mm.metrics.extractors.inception_features import InceptionFeatures  # noqa: F401
 from keras_mm.metrics.feature_extractor import FeatureExtractor  # noqa: F401
 from keras_mm.metrics.feature_statistics import FeatureStatistics  # noqa: F401

@@ -114,7 +114,7 @@ class FeatureExtractor:
         if not self.has_classifier:
             raise ValueError(
                 f"`{what}` needs a classifier head, but feature extractor {self.name!r} has "
-                "none. Use an extractor with a head, e.g. `DigitsFeatures()` or "
-                "`InceptionFeatures(classifier_head=True)`."
+                "none. Use an extractor with a head, e.g. `DigitsFeatures()`, "
+                "`FIDInceptionFeatures()` or `InceptionFeatures(classifier_head=True)`."
             )
 

@@ -39,7 +39,7 @@ class InceptionScore:
             raise ValueError(
                 f"InceptionScore needs a classifier head, but feature extractor "
                 f"{self.feature_extractor.name!r} has none. Use e.g. "
-                "`InceptionFeatures(classifier_head=True)`."
+                "`FIDInceptionFeatures()` or `InceptionFeatures(classifier_head=True)`."
             )
         self.num_splits = num_splits
         self.name = name

@@ -13,6 +13,7 @@ FEATURE_EXTRACTORS = {
     "digits": "keras_mm.metrics.extractors.digits_features:DigitsFeatures",
     "color_layout": "keras_mm.metrics.extractors.color_layout_features:ColorLayoutFeatures",
     "inception_v3": "keras_mm.metrics.extractors.inception_features:InceptionFeatures",
+    "fid_inception": "keras_mm.metrics.extractors.fid_inception:FIDInceptionFeatures",
 }
 
 
@@ -22,7 +23,7 @@ def get_feature_extractor(identifier, **kwargs):
     Args:
         identifier: a `FeatureExtractor` or other callable with a `.name` (returned as
             is), or the name of a registered one (a key of `FEATURE_EXTRACTORS`, e.g.
-            `"digits"`, `"inception_v3"`, `"color_layout"`).
+            `"digits"`, `"inception_v3"`, `"color_layout"`, `"fid_inception"`).
         **kwargs: passed to the registered extractor's constructor.
 
     Returns:
