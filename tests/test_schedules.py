@@ -79,9 +79,10 @@ def old_sample(denoise_fn, schedule, noise, num_steps, sampler):
 
 def test_variance_preserving_is_bit_identical_to_the_pre_family_code():
     rng = np.random.default_rng(0)
-    z, x, noise = rng.normal(size=(3, 6, 5)).astype("float32")
+    z, x, noise = ops.convert_to_tensor(rng.normal(size=(3, 6, 5)).astype("float32"))
     logsnr_t = rng.uniform(-8, 4, size=(6, 1)).astype("float32")
-    logsnr_s = logsnr_t + rng.uniform(1e-3, 4, size=(6, 1)).astype("float32")
+    logsnr_s = ops.convert_to_tensor(logsnr_t + rng.uniform(1e-3, 4, size=(6, 1)), "float32")
+    logsnr_t = ops.convert_to_tensor(logsnr_t)
     new = [diffusion.diffuse(x, logsnr_t, noise), diffusion.x_from_eps(z, x, logsnr_t),
            diffusion.eps_from_x(z, x, logsnr_t), diffusion.x_from_v(z, x, logsnr_t),
            diffusion.v_from_x(z, x, logsnr_t)]
@@ -96,7 +97,7 @@ def test_variance_preserving_is_bit_identical_to_the_pre_family_code():
     def denoise(z, logsnr):
         return network({"noisy": z, "logsnr": logsnr})
 
-    noise = rng.normal(size=(5, 4, 3)).astype("float32")
+    noise = ops.convert_to_tensor(rng.normal(size=(5, 4, 3)), "float32")
     for sampler in ("ancestral", "ddim"):
         a = diffusion.sample(denoise, CosineSchedule(image_size=8), noise, 5, sampler)
         b = old_sample(denoise, CosineSchedule(image_size=8), noise, 5, sampler)
@@ -146,7 +147,8 @@ def test_exact_velocity_network_gives_the_posterior_mean(family):
     schedule = SCHEDULES[family]
     rng = np.random.default_rng(3)
     logsnr = np_(schedule.logsnr(rng.uniform(size=8).astype("float32"))).astype("float32")
-    z = rng.normal(size=(8, 3)).astype("float32") * np_alpha_sigma(logsnr, family)[1][:, None]
+    z = rng.normal(size=(8, 3)) * np_alpha_sigma(logsnr, family)[1][:, None]
+    z = ops.convert_to_tensor(z, "float32")
     inputs = {"noisy": z, "logsnr": logsnr}
     x_hat = GaussianDenoiser((3,), 0.6, 0.5, family)(inputs)
     velocity = GaussianDenoiser((3,), 0.6, 0.5, family, prediction_type="flow")(inputs)
