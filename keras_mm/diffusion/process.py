@@ -8,7 +8,7 @@ default, variance preserving, computes exactly what it always has.
 
 from keras import ops
 
-from keras_mm.diffusion.schedules import alpha_sigma  # noqa: F401  (re-exported)
+from keras_mm.diffusion.schedules import alpha_sigma
 
 
 def broadcast_to_data(values, data):

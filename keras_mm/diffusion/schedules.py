@@ -3,7 +3,8 @@
 A scale family gives (alpha, sigma) as functions of logSNR = log(alpha^2 / sigma^2), so that
 z_t = alpha_t x + sigma_t eps:
 - "vp" (variance preserving): alpha^2 = sigmoid(logSNR), sigma^2 = sigmoid(-logSNR);
-- "flow" (rectified flow, SD3): alpha = sigmoid(logSNR / 2) = 1 - t, sigma = sigmoid(-logSNR / 2) = t;
+- "flow" (rectified flow, SD3): alpha = sigmoid(logSNR / 2) = 1 - t,
+  sigma = sigmoid(-logSNR / 2) = t;
 - "ve" (variance exploding, EDM): alpha = 1, sigma = exp(-logSNR / 2).
 """
 
