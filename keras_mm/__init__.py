@@ -10,7 +10,7 @@ from keras_mm import (  # noqa: F401
     metrics,
 )
 from keras_mm.callbacks import FIDCallback, SampleGridCallback  # noqa: F401
-from keras_mm.diffusion import CosineSchedule  # noqa: F401
+from keras_mm.diffusion import CosineSchedule, EDMSchedule, FlowMatchingSchedule  # noqa: F401
 from keras_mm.distillation import (  # noqa: F401
     MomentMatchingDistiller,
     estimate_preconditioner,

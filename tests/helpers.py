@@ -110,3 +110,25 @@ def write_image_folder(path, images, labels=None, class_names=None):
             folder = os.path.join(folder, class_names[label] if class_names else f"{label:03d}")
         write_image_file(os.path.join(folder, f"{index:05d}.png"), image)
     return str(path)
+
+
+class GaussianDenoiser(keras.Model):
+    """The exact E[x | z_t] (`prediction_type="x"`) or velocity E[eps - x | z_t] ("flow") for
+    x ~ N(mean, std^2) per coordinate and z_t = alpha x + sigma eps in the scale `family`."""
+
+    def __init__(self, image_shape, mean, std, family="vp", prediction_type="x", **kwargs):
+        super().__init__(**kwargs)
+        self.image_shape = tuple(image_shape)
+        self.num_classes = None
+        self.text_dim = None
+        self.mean, self.std = float(mean), float(std)
+        self.family, self.prediction_type = family, prediction_type
+
+    def call(self, inputs):
+        z = inputs["noisy"]
+        alpha, sigma = alpha_sigma(broadcast_to_data(inputs["logsnr"], z), self.family)
+        var = self.std**2
+        residual = (z - alpha * self.mean) / (alpha**2 * var + sigma**2)
+        if self.prediction_type == "flow":  # Cov(eps - x, z) = sigma - alpha var
+            return -self.mean + (sigma - alpha * var) * residual
+        return self.mean + alpha * var * residual

@@ -3,9 +3,12 @@ from keras_mm.diffusion.process import (  # noqa: F401
     broadcast_to_data,
     diffuse,
     eps_from_x,
+    flow_from_x,
     posterior,
+    prior_sample,
     v_from_x,
     x_from_eps,
+    x_from_flow,
     x_from_prediction,
     x_from_v,
 )
@@ -17,7 +20,12 @@ from keras_mm.diffusion.samplers import (  # noqa: F401
     num_noise_draws,
     sample,
 )
-from keras_mm.diffusion.schedules import CosineSchedule  # noqa: F401
+from keras_mm.diffusion.schedules import (  # noqa: F401
+    FAMILIES,
+    CosineSchedule,
+    EDMSchedule,
+    FlowMatchingSchedule,
+)
 from keras_mm.diffusion.time_sampling import (  # noqa: F401
     EDMTimeSampler,
     UniformTimeSampler,

@@ -2,12 +2,13 @@
 
 A sampler takes `denoise_fn(z, logsnr) -> x_hat` (logsnr of shape [B]) and all of its noise
 up front, so that results are reproducible from a seed on every backend and no random op
-runs inside `ops.fori_loop` (a `SeedGenerator` inside a JAX loop fails).
+runs inside `ops.fori_loop` (a `SeedGenerator` inside a JAX loop fails). Both are written for
+any scale family through `process.py`: they read `schedule.family`.
 """
 
 from keras import ops
 
-from keras_mm.diffusion.process import alpha_sigma, broadcast_to_data, posterior
+from keras_mm.diffusion.process import alpha_sigma, broadcast_to_data, posterior, prior_sample
 
 SAMPLERS = ("ancestral", "ddim")
 
@@ -31,14 +32,25 @@ def _logsnr_at(schedule, t, batch_size):
     return ops.full((batch_size,), 1.0, "float32") * schedule.logsnr(t)
 
 
+def _family(schedule):
+    # A schedule written before scale families (only `logsnr`) is variance preserving.
+    return getattr(schedule, "family", "vp")
+
+
+def _start(schedule, noise, batch_size):
+    z_1 = noise[0]
+    return prior_sample(z_1, broadcast_to_data(_logsnr_at(schedule, 1.0, batch_size), z_1),
+                        _family(schedule))
+
+
 def ancestral_sample(denoise_fn, schedule, noise, num_steps):
     """Algorithm 1: k steps on t = 1, (k-1)/k, ..., 1/k; returns the last x_hat.
 
     Args:
         denoise_fn: `(z_t, logsnr_t) -> x_hat`.
-        schedule: the model's schedule (`logsnr(t)`).
-        noise: standard normal of shape [num_steps, B, ...]: noise[0] is z_1 and noise[i]
-            the fresh noise of step i.
+        schedule: the model's schedule (`logsnr(t)`, `family`).
+        noise: standard normal of shape [num_steps, B, ...]: noise[0] gives z_1
+            (`process.prior_sample`) and noise[i] is the fresh noise of step i.
         num_steps: k.
 
     Returns:
@@ -57,10 +69,11 @@ def ancestral_sample(denoise_fn, schedule, noise, num_steps):
             x_hat,
             broadcast_to_data(logsnr_t, z),
             broadcast_to_data(_logsnr_at(schedule, s, batch_size), z),
+            _family(schedule),
         )
         return mean + std * ops.take(noise, i + 1, axis=0)
 
-    z = ops.fori_loop(0, num_steps - 1, step, noise[0])
+    z = ops.fori_loop(0, num_steps - 1, step, _start(schedule, noise, batch_size))
     return denoise_fn(z, _logsnr_at(schedule, 1.0 / num_steps, batch_size))
 
 
@@ -77,12 +90,13 @@ def ddim_sample(denoise_fn, schedule, noise, num_steps):
         s = t - 1.0 / num_steps
         logsnr_t = _logsnr_at(schedule, t, batch_size)
         x_hat = denoise_fn(z, logsnr_t)
-        alpha_t, sigma_t = alpha_sigma(broadcast_to_data(logsnr_t, z))
-        alpha_s, sigma_s = alpha_sigma(broadcast_to_data(_logsnr_at(schedule, s, batch_size), z))
+        logsnr_s = _logsnr_at(schedule, s, batch_size)
+        alpha_t, sigma_t = alpha_sigma(broadcast_to_data(logsnr_t, z), _family(schedule))
+        alpha_s, sigma_s = alpha_sigma(broadcast_to_data(logsnr_s, z), _family(schedule))
         eps_hat = (z - alpha_t * x_hat) / sigma_t
         return alpha_s * x_hat + sigma_s * eps_hat
 
-    z = ops.fori_loop(0, num_steps - 1, step, noise[0])
+    z = ops.fori_loop(0, num_steps - 1, step, _start(schedule, noise, batch_size))
     return denoise_fn(z, _logsnr_at(schedule, 1.0 / num_steps, batch_size))
 
 

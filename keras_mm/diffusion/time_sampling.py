@@ -6,23 +6,15 @@ per-example loss weight. Both are plain `keras.ops` so they run inside compiled 
 
 from keras import ops
 
-from keras_mm.diffusion.schedules import CosineSchedule
-
-
-def edm_logsnr(u, sigma_min=0.002, sigma_max=80.0, rho=7.0, shift=0.0):
-    """EDM's test-time noise levels as logSNR: sigma = (sigma_max^(1/rho) + u (sigma_min^(1/rho)
-    - sigma_max^(1/rho)))^rho, logSNR = -2 log sigma + shift (Karras et al. 2022, eq. 5)."""
-    u = ops.convert_to_tensor(u, "float32")
-    inv_rho = 1.0 / rho
-    sigma = (sigma_max**inv_rho + u * (sigma_min**inv_rho - sigma_max**inv_rho)) ** rho
-    return -2.0 * ops.log(sigma) + shift
+from keras_mm.diffusion.schedules import edm_logsnr
 
 
 class EDMTimeSampler:
     """p(s): EDM's test-time schedule in logSNR, resolution-shifted, mapped to time.
 
     Args:
-        schedule: the `CosineSchedule` whose shift and time axis are used.
+        schedule: the schedule whose `logsnr_shift` (a resolution shift of logSNR: the cosine
+            schedule's 2 log(base / d), SD3's -2 log s, none for EDM) and time axis are used.
         sigma_min, sigma_max, rho: EDM's sampler constants (0.002, 80, 7).
     """
 
@@ -33,7 +25,8 @@ class EDMTimeSampler:
         self.sigma_min, self.sigma_max, self.rho = sigma_min, sigma_max, rho
 
     def __call__(self, u):
-        logsnr = edm_logsnr(u, self.sigma_min, self.sigma_max, self.rho, self.schedule.shift)
+        logsnr = edm_logsnr(u, self.sigma_min, self.sigma_max, self.rho,
+                            self.schedule.logsnr_shift)
         return self.schedule.t_from_logsnr(logsnr)
 
 
@@ -94,7 +87,6 @@ def dmd_weight(x, x_teacher):
 WEIGHTINGS = {"edm": edm_weight, "flat": flat_weight, "v": v_weight}
 
 __all__ = [
-    "CosineSchedule",
     "EDMTimeSampler",
     "UniformTimeSampler",
     "dmd_weight",
