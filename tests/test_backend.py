@@ -108,3 +108,17 @@ def test_stopped_forward_passes_leave_the_updates_unchanged(teacher, method, mon
         assert sum(np.abs(g).sum() for g in reference[name]) > 0, name
         for got, want in zip(fast[name], reference[name]):
             np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7, err_msg=name)
+
+
+def test_default_compile_uses_xla_where_keras_auto_does(teacher):
+    """Keras 3.15's jit_compile="auto": XLA on JAX, on TensorFlow only with an accelerator
+    visible, never on torch. A layer without `supports_jit` would silently turn it off."""
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=2)
+    distiller.compile()
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        expected = bool([d for d in tf.config.list_physical_devices() if d.device_type != "CPU"])
+    else:
+        expected = keras.backend.backend() == "jax"
+    assert distiller.jit_compile is expected
