@@ -64,8 +64,8 @@ def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False):
     to update.
     """
     import keras_mm
-    from keras_mm.models.uvit import UViT
     from benchmarks._common import fit_runner, pipeline_runs, synthetic_data
+    from keras_mm.models.uvit import UViT
 
     def new_teacher():
         if isinstance(network_config, str):

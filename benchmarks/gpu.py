@@ -148,7 +148,7 @@ def main():
             try:
                 out = subprocess.run(
                     [sys.executable, __file__, "--single", str(index), *passed], env=env,
-                    capture_output=True, text=True, timeout=max(left, 1))
+                    capture_output=True, text=True, timeout=max(left, 1), check=False)
                 results = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
                 failure = None if results else (out.stderr.strip().splitlines() or ["?"])[-1]
             except subprocess.TimeoutExpired:

@@ -25,8 +25,8 @@ def teacher_runs(preset, batch_size, steps, compile_options):
     """`(jit, input) -> run()` for the teacher step; each run is `steps` steps. The input
     pipelines feed the last (compiled) option's model."""
     import keras_mm
-    from keras_mm.models.uvit import UViT
     from benchmarks._common import fit_runner, pipeline_runs, synthetic_data
+    from keras_mm.models.uvit import UViT
 
     runs = {}
     for jit in compile_options:

@@ -28,9 +28,9 @@ def test_current_stateless_scope_follows_keras_scopes():
 def test_bound_inherits_the_enclosing_scope():
     a = keras.Variable(1.0)
     b = keras.Variable(2.0)
-    with autodiff.bound([a], [ops.convert_to_tensor(10.0)]):
-        with autodiff.bound([b], [ops.convert_to_tensor(20.0)]):
-            assert float(np_(a.value)) == 10.0 and float(np_(b.value)) == 20.0
+    with (autodiff.bound([a], [ops.convert_to_tensor(10.0)]),
+          autodiff.bound([b], [ops.convert_to_tensor(20.0)])):
+        assert float(np_(a.value)) == 10.0 and float(np_(b.value)) == 20.0
     assert float(np_(a.value)) == 1.0 and float(np_(b.value)) == 2.0
 
 
@@ -49,7 +49,7 @@ def test_stopped_gives_the_value_and_no_gradient():
             assert out.grad_fn is None and not out.requires_grad
         return ops.sum(out * out) + ops.sum(layer(x)), out
 
-    value, out, grads = backend.value_and_grad(loss, layer.trainable_variables)()
+    _, out, grads = backend.value_and_grad(loss, layer.trainable_variables)()
     np.testing.assert_allclose(np_(out), expected, rtol=1e-6)
     # Only the unstopped sum(layer(x)) contributes: d/dW sum(xW + b) = column sums of x.
     np.testing.assert_allclose(np_(grads[0]), np.tile(np_(x).sum(0)[:, None], (1, 3)),

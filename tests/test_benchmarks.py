@@ -16,7 +16,7 @@ def test_gpu_benchmark_smoke_runs_end_to_end():
            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--smoke",
                           "--backends", backend, "--time-limit", "300"],
-                         env=env, capture_output=True, text=True, timeout=360)
+                         env=env, capture_output=True, text=True, timeout=360, check=False)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith(f"| {backend} |")]
     training, sampling = rows
@@ -25,4 +25,5 @@ def test_gpu_benchmark_smoke_runs_end_to_end():
     assert re.search(rf"\| mixed_bfloat16 \| 4 \| {number} \| "
                      + r" \| ".join([rf"{number} \({number}x\)"] * 3)
                      + rf" \| {number}x / {number}x \| [0-9]+ \(cpu RSS\) \|$", training), training
-    assert re.search(rf"\| 1: {number} \| 4: {number} \| [0-9]+ \(cpu RSS\) \|$", sampling), sampling
+    speeds = rf"\| 1: {number} \| 4: {number} \| [0-9]+ \(cpu RSS\) \|$"
+    assert re.search(speeds, sampling), sampling
