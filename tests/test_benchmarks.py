@@ -15,8 +15,8 @@ def test_gpu_benchmark_smoke_runs_end_to_end():
            # Smoke sizes: XLA's compile time, not the steps, is most of the run on a CPU.
            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1"}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--smoke",
-                          "--backends", backend, "--time-limit", "300"],
-                         env=env, capture_output=True, text=True, timeout=360, check=False)
+                          "--backends", backend, "--time-limit", "900"],
+                         env=env, capture_output=True, text=True, timeout=960, check=False)
     assert out.returncode == 0, out.stdout + out.stderr[-2000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith(f"| {backend} |")]
     training, sampling = rows
