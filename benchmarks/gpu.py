@@ -126,6 +126,11 @@ def main():
         args.steps, args.rounds = 1, 1
     sampler_steps = SMOKE_SAMPLER_STEPS if args.smoke else SAMPLER_STEPS
     if args.single is not None:
+        if os.environ.get("KERAS_BACKEND") != "tensorflow":
+            import tensorflow as tf
+
+            # tf.data (the pipeline rows) must not take the GPU memory JAX or torch uses.
+            tf.config.set_visible_devices([], "GPU")
         label, network, policy, batch_size = configurations(args)[int(args.single)]
         jit = os.environ.get("KERAS_BACKEND") != "torch"
         result = run_configuration(network, policy, batch_size, args.steps, args.rounds,
