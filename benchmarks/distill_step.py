@@ -1,76 +1,137 @@
-"""ms per teacher training step and per distillation iteration, on every backend.
+"""ms per teacher training step and per distillation update, on every backend.
 
 Prints a markdown table: teacher step, auxiliary update, generator update (Algorithm 2),
 instant iteration (Algorithm 3, both half-batches), and their ratios to the teacher step.
-Same network (UViT `uvit_digits`, ~0.3M parameters) and batch on each backend; compiled
-steps (`jit_compile=True` on JAX and TensorFlow).
+The four are timed interleaved (teacher, auxiliary, generator, instant, in turn, `--rounds`
+times, each a `fit` over `--steps` batches after one warm-up `fit` that compiles): every
+row sees the same load and the same compilation, and none is first in its process. The
+ratio is the median over rounds of (update / teacher step in the same round). Same network
+(a UViT preset, `uvit_digits` by default) and random batches on each backend; steps are
+XLA-compiled (`jit_compile=True`) on JAX and TensorFlow, eager on torch unless
+`--torch-compile` (Keras's `jit_compile=True`, i.e. `torch.compile`).
 
-    python benchmarks/distill_step.py [--batch-size 128] [--steps 20]
+    OMP_NUM_THREADS=1 python benchmarks/distill_step.py [--batch-size 128] [--steps 5] \
+        [--rounds 5] [--torch-compile] [--backends jax tensorflow torch]
 """
 
 import argparse
 import os
 import sys
 
+PARTS = (
+    ("auxiliary", "auxiliary_update", "alternating"),
+    ("generator", "generator_update", "alternating"),
+    ("instant", "instant_update", "instant"),
+)
+HEADER = ("| backend | jit_compile | teacher step ms | auxiliary ms (ratio) | "
+          "generator ms (ratio) | instant ms (ratio) |\n|---|---|---|---|---|---|")
 
-def measure(batch_size, steps):
+
+def single_update_distiller(teacher, part, method):
+    """A distiller whose `fit` step is only `part` (one of the `*_update` methods)."""
     import keras
-    import numpy as np
 
     import keras_mm
-    from keras_mm.datasets import load_digits
-    from keras_mm.models.uvit import UViT
-    from benchmarks._common import time_fit_steps
+    from keras_mm.models.diffusion_model import unpack_batch
 
-    images, labels = load_digits()
-    data = (images[:batch_size], labels[:batch_size])
-    jit = keras.backend.backend() != "torch"
-    teacher = keras_mm.DiffusionModel(UViT.from_preset("uvit_digits"), seed=0)
-    teacher.compile(jit_compile=jit)
-    results = {"teacher": time_fit_steps(teacher, data, steps)}
-
-    class Only(keras_mm.MomentMatchingDistiller):
-        part = None
-
+    class SingleUpdate(keras_mm.MomentMatchingDistiller):
         def iteration(self, data):
-            images, condition = keras_mm.models.diffusion_model.unpack_batch(data)
+            images, condition = unpack_batch(data)
             images = keras.ops.cast(images, "float32")
             condition = self.teacher.check_condition(condition)
-            getattr(self, self.part)(images, condition)
+            getattr(self, part)(images, condition)
             return {m.name: m.result() for m in self.metrics}
 
-    for part, method in (("auxiliary_update", "alternating"),
-                         ("generator_update", "alternating"),
-                         ("instant_update", "instant")):
-        distiller = Only(teacher, num_steps=8, method=method, seed=0,
-                         preconditioner="identity" if method == "instant" else None)
-        distiller.part = part
-        distiller.compile(jit_compile=jit)
-        results[part] = time_fit_steps(distiller, data, steps)
-    base = results["teacher"]
-    cells = [f"{results[k]:.1f} ({results[k] / base:.2f}x)" for k in
-             ("auxiliary_update", "generator_update", "instant_update")]
-    print(f"| {keras.backend.backend()} | {base:.1f} | " + " | ".join(cells) + " |")
-    del np
+    return SingleUpdate(teacher, num_steps=8, method=method, seed=0,
+                        preconditioner="identity" if method == "instant" else None)
+
+
+def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False):
+    """`name -> run()` for the teacher step and the three updates; each run is `steps` steps.
+
+    Args:
+        network_config: a UViT preset name or config dict.
+        batch_size: examples per step (random images of the network's shape).
+        steps: steps per run.
+        jit_compile: passed to every `compile`.
+        pipelines: also time the teacher step fed by `infinite_batches` and `tf.data`.
+
+    Returns:
+        `(runs, teacher)`: the runs, and the timed teacher (e.g. to time its samplers).
+
+    The timed teacher and the distillers' (frozen) teacher are two models: freezing a
+    teacher empties its trainable variables, which would leave its own step with nothing
+    to update.
+    """
+    import keras_mm
+    from benchmarks._common import fit_runner, pipeline_runs, synthetic_data
+    from keras_mm.models.uvit import UViT
+
+    def new_teacher():
+        if isinstance(network_config, str):
+            return keras_mm.DiffusionModel(UViT.from_preset(network_config), seed=0)
+        return keras_mm.DiffusionModel(UViT.from_config(network_config), seed=0)
+
+    timed_teacher = new_teacher()
+    timed_teacher.compile(jit_compile=jit_compile)
+    network = timed_teacher.network
+    images, labels = synthetic_data(network.image_shape, network.num_classes, batch_size, steps)
+    runs = {"teacher": fit_runner(timed_teacher, images, labels, batch_size)}
+    frozen_teacher = new_teacher()
+    for name, part, method in PARTS:
+        distiller = single_update_distiller(frozen_teacher, part, method)
+        distiller.compile(jit_compile=jit_compile)
+        runs[name] = fit_runner(distiller, images, labels, batch_size)
+    if pipelines:
+        runs.update(pipeline_runs(timed_teacher, images, labels, batch_size, steps))
+    return runs, timed_teacher
+
+
+def measure(preset, batch_size, steps, rounds, jit_compile):
+    """Time the four steps interleaved; return the table row (markdown)."""
+    import keras
+
+    from benchmarks._common import interleaved_ms, median_and_ratio
+
+    runs, _ = step_runs(preset, batch_size, steps, jit_compile)
+    times = interleaved_ms(runs, steps, rounds)
+    base = median_and_ratio(times, "teacher", "teacher")[0]
+    cells = []
+    for name, _, _ in PARTS:
+        ms, ratio = median_and_ratio(times, name, "teacher")
+        cells.append(f"{ms:.1f} ({ratio:.2f}x)")
+    return (f"| {keras.backend.backend()} | {jit_compile} | {base:.1f} | "
+            + " | ".join(cells) + " |")
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="uvit_digits")
     parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--steps", type=int, default=5, help="steps per timed fit")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="jit_compile=True (torch.compile) on torch")
+    parser.add_argument("--backends", nargs="+", default=None)
     parser.add_argument("--single", action="store_true", help="only the current backend")
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    header = ["| backend | teacher step ms | auxiliary ms (ratio) | generator ms (ratio) | "
-              "instant ms (ratio) |", "|---|---|---|---|---|"]
-    if args.single:
-        measure(args.batch_size, args.steps)
-        return
-    from benchmarks._common import run_per_backend
+    from benchmarks._common import BACKENDS, load_average, run_per_backend
 
-    print(f"batch {args.batch_size}, UViT uvit_digits, {args.steps} timed steps")
-    print("\n".join(header + run_per_backend(__file__, ["--batch-size", str(args.batch_size),
-                                                        "--steps", str(args.steps)])))
+    if args.single:
+        import keras
+
+        jit = keras.backend.backend() != "torch" or args.torch_compile
+        print(measure(args.preset, args.batch_size, args.steps, args.rounds, jit))
+        return
+    print(f"{args.preset}, batch {args.batch_size}, {args.rounds} interleaved rounds of "
+          f"{args.steps} steps; {load_average()} before")
+    passed = ["--preset", args.preset, "--batch-size", str(args.batch_size),
+              "--steps", str(args.steps), "--rounds", str(args.rounds)]
+    passed += ["--torch-compile"] if args.torch_compile else []
+    rows = run_per_backend(__file__, passed, args.backends or BACKENDS)
+    print("\n".join([HEADER] + rows))
+    print(f"{load_average()} after")
 
 
 if __name__ == "__main__":

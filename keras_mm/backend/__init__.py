@@ -5,6 +5,7 @@ from keras_mm.backend.autodiff import (  # noqa: F401
     compile_with_variables,
     jvp,
     no_grad,
+    stopped,
     value_and_grad,
     variable_values,
 )

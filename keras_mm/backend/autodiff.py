@@ -14,10 +14,21 @@ from keras import ops
 _BACKEND = keras.backend.backend()
 
 
+def current_stateless_scope():
+    """The innermost active `keras.StatelessScope`, or None.
+
+    Keras 3.15 exports `keras.StatelessScope` but no accessor for the active one, which
+    `bound` needs to inherit outer bindings (JAX's train step binds the whole state, and
+    `value_and_grad` then rebinds the differentiated variables inside it). This is the one
+    place keras_mm reads Keras's private module; tests/test_backend.py fails if it moves.
+    """
+    return keras.src.backend.common.stateless_scope.get_stateless_scope()
+
+
 @contextlib.contextmanager
 def bound(variables, values):
     """A `StatelessScope` binding `variables` to `values`, inheriting an enclosing scope."""
-    outer = keras.src.backend.common.stateless_scope.get_stateless_scope()
+    outer = current_stateless_scope()
     scope = keras.StatelessScope(initialize_variables=False)
     if outer is not None:
         scope.state_mapping.update(outer.state_mapping)
@@ -34,7 +45,7 @@ def variable_values(variables):
 
 def _publish(updates):
     """Write non-differentiated variable updates (e.g. RNG seeds) back to the caller's state."""
-    outer = keras.src.backend.common.stateless_scope.get_stateless_scope()
+    outer = current_stateless_scope()
     for variable, value in updates:
         if outer is not None:
             outer.add_update((variable, value))
@@ -154,6 +165,28 @@ def no_grad():
 
         return torch.no_grad()
     return contextlib.nullcontext()
+
+
+def stopped(fn, *args):
+    """`fn(*args)` as a constant: `stop_gradient` on every output tensor.
+
+    For forward passes whose outputs no gradient flows through (the generator's x~ in the
+    auxiliary update, the teacher's and auxiliary's predictions in the generator update).
+    On PyTorch `fn` also runs under `torch.no_grad()`, so autograd keeps no graph or saved
+    activations for it; gradients are the same as with `stop_gradient` alone.
+
+    Args:
+        fn: a function of tensors returning a tensor or a structure of tensors.
+        *args: its arguments.
+
+    Returns:
+        `fn(*args)`, with every tensor in it stopped.
+    """
+    with no_grad():
+        outputs = fn(*args)
+    return keras.tree.map_structure(
+        lambda x: x if x is None else ops.stop_gradient(x), outputs
+    )
 
 
 def compile_with_variables(fn, variables):

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mm.backend import IterationTrainer, jvp, value_and_grad
+from keras_mm.backend import IterationTrainer, jvp, stopped, value_and_grad
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
 from keras_mm.distillation.optimizers import AdamWithoutMomentum
@@ -275,11 +275,9 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
     # ------------------------------------------------------------------ Algorithm 2
     def auxiliary_loss(self, draws):
         """L(phi) = w(s){||x~ - g_phi(z_s)||^2 + ||g_theta(z_s) - g_phi(z_s)||^2}, x~ fixed."""
-        x_generated, noisy_s = self.generate(draws)
-        x_generated = ops.stop_gradient(x_generated)
-        x_teacher = ops.stop_gradient(
-            self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
-        )
+        x_generated, noisy_s = stopped(self.generate, draws)
+        x_teacher = stopped(self.teacher_prediction, noisy_s, draws["logsnr_s"],
+                            draws["condition"])
         x_auxiliary = self.auxiliary.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
         weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
         loss = weight * (per_example_mean_square(x_generated - x_auxiliary)
@@ -289,9 +287,11 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
     def generator_loss(self, draws):
         """L(eta) = w(s) x~^T sg[g_phi(z_s) - g_theta(z_s)], per pixel; returns (loss, gap)."""
         x_generated, noisy_s = self.generate(draws)
-        x_teacher = self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
-        x_auxiliary = self.auxiliary.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
-        difference = ops.stop_gradient(x_auxiliary - x_teacher)
+        x_teacher = stopped(self.teacher_prediction, noisy_s, draws["logsnr_s"],
+                            draws["condition"])
+        x_auxiliary = stopped(self.auxiliary.denoise, noisy_s, draws["logsnr_s"],
+                              draws["condition"])
+        difference = x_auxiliary - x_teacher
         weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
         loss = ops.mean(weight * per_example_inner(x_generated, difference))
         gap = ops.sqrt(ops.mean(per_example_mean_square(difference)))
@@ -300,8 +300,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
     # ------------------------------------------------------------------ Algorithm 3
     def teacher_gradient(self, draws):
         """nu = Lambda grad_theta mean w(s') ||x~' - g_theta(z'_s)||^2 (x~', z'_s fixed)."""
-        x_generated, noisy_s = self.generate(draws)
-        x_generated = ops.stop_gradient(x_generated)
+        x_generated, noisy_s = stopped(self.generate, draws)
 
         def teacher_loss():
             x_teacher = self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
@@ -314,16 +313,13 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
     def instant_loss(self, draws, nu):
         """L_instant(eta) = -w(s) x~^T sg{J_theta g_theta(z_s) nu}, per pixel."""
         x_generated, noisy_s = self.generate(draws)
-        # Nothing is differentiated through the teacher's side: stopping z_s here (the JVP
-        # and x-hat are stopped below anyway) keeps torch from recording the JVP for autograd.
-        noisy_s_stopped = ops.stop_gradient(noisy_s)
 
         def teacher_output():
-            return self.teacher.denoise(noisy_s_stopped, draws["logsnr_s"], draws["condition"])
+            return self.teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
 
-        x_teacher, jacobian_nu = jvp(teacher_output, self.teacher.parameters, nu)
-        jacobian_nu = ops.stop_gradient(jacobian_nu)
-        weight = self.loss_weight(draws["logsnr_s"], x_generated, ops.stop_gradient(x_teacher))
+        # Nothing is differentiated through the teacher's side (x-hat and J nu are sg{}).
+        x_teacher, jacobian_nu = stopped(jvp, teacher_output, self.teacher.parameters, nu)
+        weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
         return -ops.mean(weight * per_example_inner(x_generated, jacobian_nu))
 
     # ------------------------------------------------------------------ the train step
