@@ -210,8 +210,9 @@ class DiffusionModel(IterationTrainer, keras.Model):
 
     def check_text_shapes(self, text_embeddings, text_mask, batch_size=None):
         """Raise a clear ValueError unless the text condition fits this model."""
-        self.conditioning.validate(
-            {"text_embeddings": text_embeddings, "text_mask": text_mask}, batch_size)
+        if self.text_dim is None:
+            raise ValueError(TextEmbeddingConditioning.misplaced)
+        check_text_shapes(text_embeddings, text_mask, self.text_dim, batch_size)
 
     def check_training_arrays(self, x, y=None):
         """Validate NumPy training data before `fit` (see `check_training_arrays`)."""
