@@ -22,6 +22,12 @@ def _concrete(value):
         return None
 
 
+def _with_shapes(condition):
+    """A copy of the condition dict, lists and scalars made NumPy arrays."""
+    return {key: value if hasattr(value, "shape") else np.asarray(value)
+            for key, value in (condition or {}).items()}
+
+
 def _format_shape(shape):
     return "[" + ", ".join(str(size) for size in shape) + "]"
 
@@ -70,7 +76,7 @@ class Conditioning:
     # ------------------------------------------------------------------ checks
     def validate(self, condition, batch_size=None):
         """Raise a one-line ValueError unless `condition` fits this kind (no conversion)."""
-        condition = dict(condition or {})
+        condition = _with_shapes(condition)
         foreign = [key for key in condition if key not in self.keys]
         if foreign:
             raise ValueError(_misplaced_message(foreign, self))
@@ -92,6 +98,7 @@ class Conditioning:
 
     def check(self, condition, batch_size=None):
         """`validate`, then the condition as tensors of the signature's dtypes."""
+        condition = _with_shapes(condition)
         self.validate(condition, batch_size)
         return {key: ops.cast(condition[key], dtype)
                 for key, (_, dtype) in self.signature.items()}
@@ -421,7 +428,7 @@ class CombinedConditioning(Conditioning):
         return {key: value for part in self.parts for key, value in part.null(batch_size).items()}
 
     def validate(self, condition, batch_size=None):
-        condition = dict(condition or {})
+        condition = _with_shapes(condition)
         foreign = [key for key in condition if key not in self.keys]
         if foreign:
             raise ValueError(_misplaced_message(foreign, self))
