@@ -37,6 +37,7 @@ import numpy as np
 
 from keras_mm.diffusion import samplers
 from keras_mm.models.diffusion_model import DiffusionModel
+from keras_mm.models.text_encoder import TokenConditioning
 
 OUTPUTS = ("uint8", "float")
 DIRECT_BACKENDS = ("jax", "tensorflow")
@@ -241,6 +242,12 @@ class _Builder:
                                         name="noise")
         self.image_spec = tf.TensorSpec([None, *self.image_shape], tf.float32, name="noisy")
         self.logsnr_spec = tf.TensorSpec([None], tf.float32, name="logsnr")
+        if text_encoder is not None:
+            # The encoder's layers without its preprocessor, whose SentencePiece op would
+            # make the SavedModel need TensorFlow Text. Tracked before any endpoint is
+            # added: on JAX, an endpoint binds the variables tracked when it is added.
+            self.encoder_core = keras.Model(text_encoder.input, text_encoder.output)
+            archive.track(self.encoder_core)
         dims = ", ".join(str(d) for d in self.image_shape)
         shapes = self.conditioning.polymorphic_shapes() if self.conditioning.keys else []
         keys = list(self.conditioning.keys)
@@ -251,13 +258,7 @@ class _Builder:
             "core_denoise", self._denoise_fn, ["noisy", "logsnr", *keys], [self.image_spec,
             self.logsnr_spec, *self.condition_specs], [f"(b, {dims})", "(b,)", *shapes])  # fmt: skip
         if text_encoder is not None:
-            from keras_mm.models.text_encoder import TokenConditioning
-
             self.tokens = TokenConditioning(text_encoder.vocabulary_size)
-            # The encoder's layers without its preprocessor, whose SentencePiece op would
-            # make the SavedModel need TensorFlow Text.
-            self.encoder_core = keras.Model(text_encoder.input, text_encoder.output)
-            archive.track(self.encoder_core)
             self.encode_core = self.raw_endpoint(
                 "core_encode_text", self._encode_fn, list(self.tokens.keys),
                 self.tokens.export_specs(), self.tokens.polymorphic_shapes())

@@ -148,7 +148,7 @@ class StyleConditioning(Conditioning):
         return {"style": ops.zeros((batch_size, self.style_dim))}
 
     def get_config(self):
-        return {"style_dim": self.style_dim}
+        return {**super().get_config(), "style_dim": self.style_dim}
 
 
 @keras.saving.register_keras_serializable(package="keras_mm_tests")

@@ -331,7 +331,7 @@ class LabelConditioning(Conditioning):
         return super().repeat(condition, num_samples)
 
     def get_config(self):
-        return {"num_classes": self.num_classes}
+        return {**super().get_config(), "num_classes": self.num_classes}
 
 
 @keras.saving.register_keras_serializable(package="keras_mm")
@@ -388,7 +388,8 @@ class TextEmbeddingConditioning(Conditioning):
                                              ops.reshape(keep, (-1, 1)))}
 
     def get_config(self):
-        return {"text_dim": self.text_dim, "null_length": self.null_length}
+        return {**super().get_config(), "text_dim": self.text_dim,
+                "null_length": self.null_length}
 
 
 @keras.saving.register_keras_serializable(package="keras_mm")
@@ -451,7 +452,8 @@ class CombinedConditioning(Conditioning):
         return super().repeat(condition, num_samples)
 
     def get_config(self):
-        return {"parts": [keras.saving.serialize_keras_object(part) for part in self.parts]}
+        return {**super().get_config(),
+                "parts": [keras.saving.serialize_keras_object(part) for part in self.parts]}
 
 
 def conditioning_for_network(network):

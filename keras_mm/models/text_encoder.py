@@ -98,7 +98,7 @@ class TokenConditioning(Conditioning):
         ]
 
     def get_config(self):
-        return {"vocabulary_size": self.vocabulary_size}
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size}
 
 
 @keras.saving.register_keras_serializable(package="keras_mm")
