@@ -1,13 +1,32 @@
 """Export a `DiffusionModel`'s sampler as a TensorFlow SavedModel, for serving without keras_mm.
 
-The SavedModel is written through `keras.export.ExportArchive`. Its endpoints are TensorFlow
-functions that check their inputs, draw the sampler's noise with
-`tf.random.stateless_normal` from a seed and call the model's sampler, which is traced by
-TensorFlow on the TensorFlow backend and converted by jax2tf on the JAX backend. Keras cannot
-write SavedModels from the torch backend (it needs torch_xla), so there the model is saved as
-`.keras` and exported by `keras-mm export` in a TensorFlow-backend subprocess.
+Written through `keras.export.ExportArchive`: the model's own calls are raw endpoints
+(`core_sample`, `core_denoise`, `core_encode_text`; traced by TensorFlow, or converted by
+jax2tf on JAX), and the public endpoints are TensorFlow functions around them that check
+their inputs and draw the noise from a seed (the pattern of `add_endpoint`'s documentation).
+The public endpoints follow the model's condition kind (`model.conditioning`): its signature
+names their condition inputs, its checks become graph assertions. With a dynamic batch B:
+
+- `sample(*condition, seed: int32[2])`, the condition being the kind's inputs (`labels:
+  int32[B]`; `text_embeddings: float32[B, L, text_dim], text_mask: bool[B, L]`), or
+  `batch_size: int32[]` when unconditional (also `serving_default`). The noise is
+  `tf.random.stateless_normal([num_noise_draws, B, H, W, C], seed)` (`sampler_noise`).
+- `sample_from_noise(*condition, noise: float32[num_noise_draws, B, H, W, C])`.
+- `denoise(noisy: float32[B, H, W, C], logsnr: float32[B], *condition) -> x_hat`, unguided;
+  the null label `num_classes` or an all-False text mask gives the unconditional x_hat.
+- `metadata()`: num_steps, sampler, guidance_scale, clip, output, image_shape, num_classes,
+  text_dim and sequence_length (-1 when unused).
+- With a text encoder: `sample_from_tokens(token_ids: int32[B, L], padding_mask: bool[B, L],
+  seed)` and `encode_text(token_ids, padding_mask) -> {"text_embeddings", "text_mask"}`; the
+  SentencePiece vocabulary goes to `VOCABULARY_FILE` in the directory (read by
+  `tokenize_for_sampler`): the tokenizer op would need TensorFlow Text to load.
+
+Keras cannot write SavedModels from the torch backend (it needs torch_xla), so there the
+model is saved as `.keras` and `export_from_spec` exports it in a TensorFlow/JAX subprocess.
 """
 
+import inspect
+import json
 import os
 import subprocess
 import sys
@@ -18,9 +37,11 @@ import numpy as np
 
 from keras_mm.diffusion import samplers
 from keras_mm.models.diffusion_model import DiffusionModel
+from keras_mm.models.text_encoder import TokenConditioning
 
 OUTPUTS = ("uint8", "float")
 DIRECT_BACKENDS = ("jax", "tensorflow")
+VOCABULARY_FILE = os.path.join("assets.extra", "t5_vocabulary.spm")
 
 
 def export_sampler(
@@ -37,45 +58,14 @@ def export_sampler(
 ):
     """Write a SavedModel that samples from `model` in `num_steps` steps.
 
-    The SavedModel needs only TensorFlow to run (`tf.saved_model.load(path)`). Its
-    endpoints, all with a dynamic batch size B:
-
-    - class-conditional models: `sample(labels: int32[B], seed: int32[2]) -> images`;
-      unconditional models: `sample(batch_size: int32[], seed: int32[2]) -> images`.
-      The noise is `tf.random.stateless_normal([num_noise_draws, B, H, W, C], seed)` (see
-      `sampler_noise`), so a seed gives the same images as `model.sample(noise=...)`.
-    - `sample_from_noise(labels | -, noise: float32[num_noise_draws, B, H, W, C])`: the same
-      sampler with explicit noise.
-    - `denoise(noisy: float32[B, H, W, C], logsnr: float32[B], labels: int32[B]) -> x_hat`
-      (no `labels` for unconditional models): one network evaluation, unguided, for users
-      who write their own loop. The null label `num_classes` gives the unconditional x_hat.
-    - `metadata() -> dict`: num_steps, sampler, guidance_scale, output, image_shape,
-      num_classes (-1 when unconditional), text_dim and sequence_length (-1 when unused).
-
-    Text-conditional models (network `text_dim` set) take a caption's T5 embeddings instead
-    of labels: `sample(text_embeddings: float32[B, L, text_dim], text_mask: bool[B, L],
-    seed)`, `sample_from_noise(text_embeddings, text_mask, noise)` and
-    `denoise(noisy, logsnr, text_embeddings, text_mask)`; an all-False mask row is the null
-    caption. With `text_encoder`, the frozen T5 encoder is exported too, so captions' token
-    ids work without keras_mm or KerasHub: `sample_from_tokens(token_ids: int32[B, L],
-    padding_mask: bool[B, L], seed)` and `encode_text(token_ids, padding_mask) ->
-    {"text_embeddings", "text_mask"}`. The token ids are those of the T5 SentencePiece
-    tokenizer (`text_encoder.tokenize(captions)`; any SentencePiece runtime with the
-    preset's `vocabulary.spm`, adding the end token `</s>`); the tokenizer itself is not in
-    the graph, which would need TensorFlow Text to load.
-
-    Images are uint8 in [0, 255] (`round((x + 1) * 127.5)`, clipped) with `output="uint8"`,
-    or the sampler's float32 x_hat, roughly in [-1, 1] and clipped only when `clip=True`, with
-    `output="float"`. Labels must lie in [0, num_classes], num_classes being the null label
-    of classifier-free guidance, token ids in the T5 vocabulary, text masks must match their
-    embeddings' [B, L], and B must be >= 1: the graph checks this and raises
-    `InvalidArgumentError` naming the bad input.
-
-    On the JAX and TensorFlow backends the model is exported in this process. On the torch
-    backend, which Keras cannot export to SavedModel, the model is saved to a temporary
-    `.keras` file and `keras-mm export` runs in a subprocess under `export_backend`; the
-    modules of the model's registered custom classes are imported there, so a custom network
-    must be defined in an importable module (not `__main__`).
+    The SavedModel needs only TensorFlow to run (`tf.saved_model.load(path)`); its endpoints
+    (`sample`, `sample_from_noise`, `denoise`, `metadata`, and with `text_encoder`
+    `sample_from_tokens` and `encode_text`) are listed in the `keras_mm.export` module
+    docstring. Images are uint8 in [0, 255] (`round((x + 1) * 127.5)`, clipped) with
+    `output="uint8"`, or the sampler's float32 x_hat with `output="float"`. The graph checks
+    its inputs (label range, shapes, token ids, B >= 1) and raises `InvalidArgumentError`
+    naming the bad input. From the torch backend, a custom network must be defined in an
+    importable module (not `__main__`): the export subprocess imports it.
 
     Args:
         model: a `keras_mm.DiffusionModel`: a teacher, or a distiller's `.generator`.
@@ -89,7 +79,7 @@ def export_sampler(
             model from the torch backend (unused on the other backends).
         verbose: print where the SavedModel went and its endpoints.
         text_encoder: for a text-conditional model, the `keras_mm.TextEncoder` it was
-            trained with, to add the token-id endpoints.
+            trained with: adds the token-id endpoints and the tokenizer's vocabulary.
 
     Returns:
         `path`.
@@ -97,21 +87,38 @@ def export_sampler(
     Example:
     ```python
     keras_mm.export_sampler(teacher, "digits_sampler", num_steps=8)
-    # Anywhere with TensorFlow, no keras_mm needed:
-    sampler = tf.saved_model.load("digits_sampler")
+    sampler = tf.saved_model.load("digits_sampler")  # anywhere with TensorFlow
     images = sampler.sample(labels=tf.constant([0, 1, 2]), seed=tf.constant([0, 0]))
 
-    # Text to image: tokens from the T5 tokenizer, encoder and sampler in the SavedModel.
-    keras_mm.export_sampler(student.generator, "t2i_sampler", num_steps=8,
-                            text_encoder=encoder)
-    tokens = encoder.tokenize(["a red square on the left"])
-    images = tf.saved_model.load("t2i_sampler").sample_from_tokens(
-        token_ids=tokens["token_ids"], padding_mask=tokens["padding_mask"], seed=[0, 0])
+    keras_mm.export_sampler(student.generator, "t2i", num_steps=8, text_encoder=encoder)
+    tokens = keras_mm.export.tokenize_for_sampler("t2i", ["a red square on the left"])
+    images = tf.saved_model.load("t2i").sample_from_tokens(**tokens, seed=[0, 0])
     ```
 
     References:
         Salimans et al. 2024, Algorithm 1 (the sampler that is exported).
     """
+    options = _check_export_arguments(model, num_steps, sampler, guidance_scale, output, clip,
+                                      text_encoder)
+    path = os.fspath(path)
+    if keras.backend.backend() in DIRECT_BACKENDS:
+        _write_saved_model(model, path, options, text_encoder)
+    else:
+        _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder)
+    if text_encoder is not None:
+        write_vocabulary(text_encoder, path)
+    if verbose:
+        names = [*MODEL_ENDPOINTS, *(TOKEN_ENDPOINTS if text_encoder is not None else ())]
+        kind = model.conditioning.name
+        kind = kind if kind == "unconditional" else f"{kind}-conditional"
+        print(f"Saved a {num_steps}-step {sampler} sampler ({kind}, {output} images) to "
+              f"'{path}'. Endpoints: {', '.join(names)}.")
+    return path
+
+
+def _check_export_arguments(model, num_steps, sampler, guidance_scale, output, clip,
+                            text_encoder):
+    """The export options as a dict, or a one-line error."""
     if not isinstance(model, DiffusionModel):
         hint = " Pass its `.generator`." if hasattr(model, "generator") else ""
         raise TypeError(
@@ -121,39 +128,14 @@ def export_sampler(
     if output not in OUTPUTS:
         raise ValueError(f"Unknown output {output!r}; expected one of {OUTPUTS}.")
     guidance_scale = float(guidance_scale)
-    if guidance_scale and model.num_classes is None and model.text_dim is None:
+    if guidance_scale and not model.conditioning.keys:
         raise ValueError(
             f"guidance_scale={guidance_scale} needs a class-conditional model; this one has "
             "num_classes=None. Export with guidance_scale=0."
         )
     _check_text_encoder(model, text_encoder)
-    options = {
-        "num_steps": num_steps,
-        "sampler": sampler,
-        "guidance_scale": guidance_scale,
-        "output": output,
-        "clip": bool(clip),
-    }
-    backend = keras.backend.backend()
-    if backend in DIRECT_BACKENDS:
-        _write_saved_model(model, os.fspath(path), text_encoder=text_encoder, **options)
-    elif text_encoder is not None:
-        _export_text_in_subprocess(model, text_encoder, os.fspath(path), export_backend,
-                                   verbose, options)
-    else:
-        _export_in_subprocess(model, os.fspath(path), export_backend, verbose, **options)
-    if verbose:
-        kind = "unconditional" if model.num_classes is None else "class-conditional"
-        endpoints = "sample, sample_from_noise, denoise, metadata"
-        if model.text_dim is not None:
-            kind = "text-conditional"
-            if text_encoder is not None:
-                endpoints += ", sample_from_tokens, encode_text"
-        print(
-            f"Saved a {num_steps}-step {sampler} sampler ({kind}, {output} images) to "
-            f"'{os.fspath(path)}'. Endpoints: {endpoints}."
-        )
-    return path
+    return {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale,
+            "output": output, "clip": bool(clip)}
 
 
 def _check_text_encoder(model, text_encoder):
@@ -176,6 +158,40 @@ def _check_text_encoder(model, text_encoder):
             f"model was built with text_dim={model.text_dim}: pass the encoder the model was "
             "trained with."
         )
+
+
+# ---------------------------------------------------------------------- the tokenizer
+def write_vocabulary(text_encoder, path):
+    """Write `text_encoder`'s vocabulary into the SavedModel directory `path` (see
+    `VOCABULARY_FILE`); returns the file's path, or None for an encoder without tokenizer."""
+    return text_encoder.write_vocabulary(os.path.join(os.fspath(path), VOCABULARY_FILE))
+
+
+def tokenize_for_sampler(path, captions, sequence_length=None):
+    """Token ids of `captions` for an exported text sampler, from the vocabulary it holds.
+
+    Args:
+        path: a SavedModel directory written by `export_sampler(..., text_encoder=...)`.
+        captions: a string or a list of strings.
+        sequence_length: tokens per caption; by default the sampler's (its metadata).
+
+    Returns:
+        `{"token_ids": int32 [B, L], "padding_mask": bool [B, L]}` as NumPy arrays, the
+        inputs of the sampler's `sample_from_tokens` and `encode_text`.
+    """
+    from keras_mm.models.text_encoder import tokenize_with_vocabulary
+
+    vocabulary = os.path.join(os.fspath(path), VOCABULARY_FILE)
+    if not os.path.isfile(vocabulary):
+        raise ValueError(
+            f"'{path}' has no tokenizer vocabulary ({VOCABULARY_FILE}): export the sampler "
+            "with export_sampler(..., text_encoder=encoder), or tokenize with that encoder."
+        )
+    if sequence_length is None:
+        import tensorflow as tf
+
+        sequence_length = int(tf.saved_model.load(path).metadata()["sequence_length"])
+    return tokenize_with_vocabulary(vocabulary, captions, sequence_length)
 
 
 def sampler_noise(seed, batch_size, image_shape, num_steps, sampler="ancestral"):
@@ -201,310 +217,225 @@ def _seed_pair(seed):
 
 
 # ---------------------------------------------------------------------- the SavedModel
-def _write_saved_model(model, path, num_steps, sampler, guidance_scale, output, clip,
-                       text_encoder=None):
-    import tensorflow as tf
+def _named(fn, names):
+    """`fn(*args)` with the parameter names `names`, which the endpoints' callers use."""
+    kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    fn.__signature__ = inspect.Signature([inspect.Parameter(name, kind) for name in names])
+    return fn
 
-    image_shape = tuple(model.image_shape)
-    num_classes = model.num_classes
-    num_draws = samplers.num_noise_draws(sampler, num_steps)
-    conditional = num_classes is not None
-    text_dim = model.text_dim
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    encoder_core = None
-    if text_encoder is not None:
-        # The encoder's layers without its preprocessor, whose SentencePiece op would make
-        # the SavedModel need TensorFlow Text.
-        encoder_core = keras.Model(text_encoder.input, text_encoder.output)
-        archive.track(encoder_core)
 
-    # Model code, traced on the current backend. The condition travels as a tuple of tensors
-    # (labels; for text, later: text_embeddings and text_mask), so that a text-conditional
-    # model adds its specs here and its own endpoints below.
-    condition_specs = [tf.TensorSpec([None], tf.int32, name="labels")] if conditional else []
-    condition_shapes = ["(b,)"] if conditional else []
-    if text_dim is not None:
-        text_specs = [
-            tf.TensorSpec([None, None, text_dim], tf.float32, name="text_embeddings"),
-            tf.TensorSpec([None, None], tf.bool, name="text_mask"),
-        ]
-        condition_specs = text_specs
-        condition_shapes = [f"(b, l, {text_dim})", "(b, l)"]
+class _Builder:
+    """What the endpoint builders share: the archive with the model's raw endpoints, the
+    condition kind, and the TensorFlow pieces (checks, noise from a seed, output format)."""
 
-    def to_condition(condition_tensors):
-        if text_dim is not None:
-            return {"text_embeddings": condition_tensors[0], "text_mask": condition_tensors[1]}
-        return {"labels": condition_tensors[0]} if conditional else {}
+    def __init__(self, model, archive, options, text_encoder=None):
+        import tensorflow as tf
 
-    def sample_fn(noise, *condition_tensors):
-        return model.sample_from_noise(noise, to_condition(condition_tensors), num_steps,
-                                       sampler, guidance_scale, clip)
+        self.tf, self.model, self.archive, self.options = tf, model, archive, options
+        self.text_encoder = text_encoder
+        self.conditioning = model.conditioning
+        self.image_shape = tuple(model.image_shape)
+        self.num_draws = samplers.num_noise_draws(options["sampler"], options["num_steps"])
+        self.condition_specs = self.conditioning.export_specs() if self.conditioning.keys else []
+        self.seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
+        self.noise_spec = tf.TensorSpec([self.num_draws, None, *self.image_shape], tf.float32,
+                                        name="noise")
+        self.image_spec = tf.TensorSpec([None, *self.image_shape], tf.float32, name="noisy")
+        self.logsnr_spec = tf.TensorSpec([None], tf.float32, name="logsnr")
+        if text_encoder is not None:
+            # The encoder's layers without its preprocessor, whose SentencePiece op would
+            # make the SavedModel need TensorFlow Text. Tracked before any endpoint is
+            # added: on JAX, an endpoint binds the variables tracked when it is added.
+            self.encoder_core = keras.Model(text_encoder.input, text_encoder.output)
+            archive.track(self.encoder_core)
+        dims = ", ".join(str(d) for d in self.image_shape)
+        shapes = self.conditioning.polymorphic_shapes() if self.conditioning.keys else []
+        keys = list(self.conditioning.keys)
+        self.sample_core = self.raw_endpoint(
+            "core_sample", self._sample_fn, ["noise", *keys], [self.noise_spec,
+            *self.condition_specs], [f"({self.num_draws}, b, {dims})", *shapes])  # fmt: skip
+        self.denoise_core = self.raw_endpoint(
+            "core_denoise", self._denoise_fn, ["noisy", "logsnr", *keys], [self.image_spec,
+            self.logsnr_spec, *self.condition_specs], [f"(b, {dims})", "(b,)", *shapes])  # fmt: skip
+        if text_encoder is not None:
+            self.tokens = TokenConditioning(text_encoder.vocabulary_size)
+            self.encode_core = self.raw_endpoint(
+                "core_encode_text", self._encode_fn, list(self.tokens.keys),
+                self.tokens.export_specs(), self.tokens.polymorphic_shapes())
 
-    def denoise_fn(noisy, logsnr, *condition_tensors):
-        return model.denoise(noisy, logsnr, to_condition(condition_tensors))
+    def _condition(self, tensors):
+        return dict(zip(self.conditioning.keys, tensors))
 
-    noise_spec = tf.TensorSpec([num_draws, None, *image_shape], tf.float32, name="noise")
-    image_spec = tf.TensorSpec([None, *image_shape], tf.float32, name="noisy")
-    logsnr_spec = tf.TensorSpec([None], tf.float32, name="logsnr")
-    dims = ", ".join(str(d) for d in image_shape)
-    sample_core = _backend_function(
-        archive,
-        "sample_core",
-        sample_fn,
-        [noise_spec, *condition_specs],
-        [f"({num_draws}, b, {dims})", *condition_shapes],
-    )
-    denoise_core = _backend_function(
-        archive,
-        "denoise_core",
-        denoise_fn,
-        [image_spec, logsnr_spec, *condition_specs],
-        [f"(b, {dims})", "(b,)", *condition_shapes],
-    )
+    def _sample_fn(self, noise, *condition):
+        o = self.options
+        return self.model.sample_from_noise(noise, self._condition(condition), o["num_steps"],
+                                            o["sampler"], o["guidance_scale"], o["clip"])
 
-    # The TensorFlow side: input checks, noise from the seed, and the output format.
-    def check_labels(labels):
-        return [
-            tf.debugging.assert_positive(
-                tf.size(labels), message="labels must hold at least one label (B >= 1)."
-            ),
-            tf.debugging.assert_non_negative(
-                labels,
-                message=f"labels must be in [0, {num_classes}) (or {num_classes}, the null "
-                "label, for unconditional samples); got a negative label.",
-            ),
-            tf.debugging.assert_less_equal(
-                labels,
-                tf.constant(num_classes, tf.int32),
-                message=f"labels must be in [0, {num_classes}) (or {num_classes}, the null "
-                f"label, for unconditional samples); got a label above {num_classes}.",
-            ),
-        ]
+    def _denoise_fn(self, noisy, logsnr, *condition):
+        return self.model.denoise(noisy, logsnr, self._condition(condition))
 
-    def check_batch(tensor, batch_size, what):
-        return tf.debugging.assert_equal(
-            tf.shape(tensor)[1 if what == "noise" else 0],
-            batch_size,
-            message=f"{what} must have the batch size of the labels.",
-        )
+    def _encode_fn(self, token_ids, padding_mask):
+        return self.encoder_core({"token_ids": token_ids,
+                                  "padding_mask": keras.ops.cast(padding_mask, "int32")})
 
-    def after(checks, *tensors):
-        # Every input of the model goes through the checks: TensorFlow inlines the model's
-        # function, so an unchecked input (the labels of an embedding) would run early.
-        with tf.control_dependencies(checks):
-            return [tf.identity(tensor) for tensor in tensors]
+    def raw_endpoint(self, name, fn, names, specs, polymorphic_shapes):
+        """`fn`, Keras code on the tracked model, added to the archive (public API) and
+        returned as a TensorFlow function. On JAX, the shared symbol `b` tells jax2tf that
+        all batch dimensions are equal."""
+        kwargs = {}
+        if keras.backend.backend() == "jax":
+            kwargs["jax2tf_kwargs"] = {"polymorphic_shapes": polymorphic_shapes}
+        named = _named(lambda *args: fn(*args), names)
+        return self.archive.add_endpoint(name, named, input_signature=specs, **kwargs)
 
-    def to_output(x_hat):
-        if output == "float":
+    def endpoint(self, fn, names, specs):
+        """A public endpoint: TensorFlow code around the raw ones, traced now."""
+        function = self.tf.function(_named(fn, names), input_signature=specs, autograph=False)
+        function.get_concrete_function()
+        return function
+
+    def after(self, checks, *tensors):
+        """`tensors` once `checks` passed. Every input of the model goes through the checks:
+        TensorFlow inlines the model's function, so an unchecked input would run early."""
+        with self.tf.control_dependencies(checks):
+            return [self.tf.identity(tensor) for tensor in tensors]
+
+    def condition_checks(self, condition, batch_size, what):
+        if self.conditioning.keys:
+            return self.conditioning.export_checks(self._condition(condition), batch_size, what)
+        return [self.tf.debugging.assert_positive(
+            batch_size, message=f"{what} must hold at least one image (B >= 1).")]
+
+    def draw_noise(self, batch_size, seed):
+        shape = [self.num_draws, batch_size, *self.image_shape]
+        return self.tf.random.stateless_normal(shape, seed=seed)
+
+    def to_output(self, x_hat):
+        tf = self.tf
+        if self.options["output"] == "float":
             return x_hat
         return tf.cast(tf.clip_by_value(tf.round((x_hat + 1.0) * 127.5), 0.0, 255.0), tf.uint8)
 
-    def draw_noise(batch_size, seed):
-        return tf.random.stateless_normal([num_draws, batch_size, *image_shape], seed=seed)
 
-    seed_spec = tf.TensorSpec([2], tf.int32, name="seed")
-    token_endpoints = []
-    if text_dim is not None:
+def _sample_endpoint(b):
+    tf, keys = b.tf, list(b.conditioning.keys)
+    if not keys:  # nothing gives the batch size: ask for it
 
-        def check_text(text_embeddings, text_mask, batch_size=None, what="noise"):
-            shape = tf.shape(text_embeddings)
-            checks = [
-                tf.debugging.assert_positive(
-                    shape[0], message="text_embeddings must hold at least one caption (B >= 1)."
-                ),
-                tf.debugging.assert_equal(
-                    tf.shape(text_mask), shape[:2],
-                    message="text_mask must have the shape [B, L] of text_embeddings [B, L, D].",
-                ),
-            ]
-            if batch_size is not None:
-                checks.append(tf.debugging.assert_equal(
-                    batch_size, shape[0],
-                    message=f"{what} must have the batch size of the text embeddings.",
-                ))
-            return checks
-
-        @tf.function(input_signature=[*text_specs, seed_spec], autograph=False)
-        def sample(text_embeddings, text_mask, seed):
-            text_embeddings, text_mask, seed = after(
-                check_text(text_embeddings, text_mask), text_embeddings, text_mask, seed)
-            noise = draw_noise(tf.shape(text_embeddings)[0], seed)
-            return to_output(sample_core(noise, text_embeddings, text_mask))
-
-        @tf.function(input_signature=[*text_specs, noise_spec], autograph=False)
-        def sample_from_noise(text_embeddings, text_mask, noise):
-            checks = check_text(text_embeddings, text_mask, tf.shape(noise)[1])
-            text_embeddings, text_mask, noise = after(checks, text_embeddings, text_mask, noise)
-            return to_output(sample_core(noise, text_embeddings, text_mask))
-
-        @tf.function(input_signature=[image_spec, logsnr_spec, *text_specs], autograph=False)
-        def denoise(noisy, logsnr, text_embeddings, text_mask):
-            batch_size = tf.shape(noisy)[0]
-            checks = check_text(text_embeddings, text_mask, batch_size, "noisy") + [
-                tf.debugging.assert_equal(tf.shape(logsnr)[0], batch_size,
-                                          message="logsnr must have the batch size of noisy.")]
-            return denoise_core(*after(checks, noisy, logsnr, text_embeddings, text_mask))
-
-        if encoder_core is not None:
-            vocabulary_size = text_encoder.vocabulary_size
-            token_specs = [
-                tf.TensorSpec([None, None], tf.int32, name="token_ids"),
-                tf.TensorSpec([None, None], tf.bool, name="padding_mask"),
-            ]
-
-            def encode_fn(token_ids, padding_mask):
-                out = encoder_core(
-                    {"token_ids": token_ids, "padding_mask": keras.ops.cast(padding_mask, "int32")}
-                )
-                return out["text_embeddings"], out["text_mask"]
-
-            encode_core = _backend_function(
-                archive, "encode_core", encode_fn, token_specs, ["(b, l)", "(b, l)"])
-
-            def check_tokens(token_ids, padding_mask):
-                return [
-                    tf.debugging.assert_positive(
-                        tf.shape(token_ids)[0],
-                        message="token_ids must hold at least one caption (B >= 1).",
-                    ),
-                    tf.debugging.assert_equal(
-                        tf.shape(padding_mask), tf.shape(token_ids),
-                        message="padding_mask must have the shape [B, L] of token_ids.",
-                    ),
-                    tf.debugging.assert_non_negative(
-                        token_ids, message="token_ids must be >= 0; got a negative token id."
-                    ),
-                    tf.debugging.assert_less(
-                        token_ids, tf.constant(vocabulary_size, tf.int32),
-                        message=f"token_ids must be below the T5 vocabulary size "
-                        f"{vocabulary_size}; got a larger id.",
-                    ),
-                ]
-
-            @tf.function(input_signature=token_specs, autograph=False)
-            def encode_text(token_ids, padding_mask):
-                token_ids, padding_mask = after(
-                    check_tokens(token_ids, padding_mask), token_ids, padding_mask)
-                text_embeddings, text_mask = encode_core(token_ids, padding_mask)
-                return {"text_embeddings": text_embeddings, "text_mask": text_mask}
-
-            @tf.function(input_signature=[*token_specs, seed_spec], autograph=False)
-            def sample_from_tokens(token_ids, padding_mask, seed):
-                token_ids, padding_mask, seed = after(
-                    check_tokens(token_ids, padding_mask), token_ids, padding_mask, seed)
-                text_embeddings, text_mask = encode_core(token_ids, padding_mask)
-                noise = draw_noise(tf.shape(token_ids)[0], seed)
-                return to_output(sample_core(noise, text_embeddings, text_mask))
-
-            token_endpoints = [("sample_from_tokens", sample_from_tokens),
-                               ("encode_text", encode_text)]
-
-    elif conditional:
-        labels_spec = tf.TensorSpec([None], tf.int32, name="labels")
-
-        @tf.function(input_signature=[labels_spec, seed_spec], autograph=False)
-        def sample(labels, seed):
-            labels, seed = after(check_labels(labels), labels, seed)
-            return to_output(sample_core(draw_noise(tf.size(labels), seed), labels))
-
-        @tf.function(input_signature=[labels_spec, noise_spec], autograph=False)
-        def sample_from_noise(labels, noise):
-            checks = check_labels(labels) + [check_batch(noise, tf.size(labels), "noise")]
-            labels, noise = after(checks, labels, noise)
-            return to_output(sample_core(noise, labels))
-
-        @tf.function(input_signature=[image_spec, logsnr_spec, labels_spec], autograph=False)
-        def denoise(noisy, logsnr, labels):
-            batch_size = tf.shape(noisy)[0]
-            checks = check_labels(labels) + [
-                check_batch(labels, batch_size, "labels"),
-                check_batch(logsnr, batch_size, "logsnr"),
-            ]
-            return denoise_core(*after(checks, noisy, logsnr, labels))
-
-    else:
-        batch_spec = tf.TensorSpec([], tf.int32, name="batch_size")
-
-        @tf.function(input_signature=[batch_spec, seed_spec], autograph=False)
         def sample(batch_size, seed):
-            check = tf.debugging.assert_positive(
-                batch_size, message="batch_size must be >= 1."
-            )
-            batch_size, seed = after([check], batch_size, seed)
-            return to_output(sample_core(draw_noise(batch_size, seed)))
+            check = tf.debugging.assert_positive(batch_size, message="batch_size must be >= 1.")
+            batch_size, seed = b.after([check], batch_size, seed)
+            return b.to_output(b.sample_core(b.draw_noise(batch_size, seed)))
 
-        @tf.function(input_signature=[noise_spec], autograph=False)
-        def sample_from_noise(noise):
-            check = tf.debugging.assert_positive(
-                tf.shape(noise)[1], message="noise must hold at least one image (B >= 1)."
-            )
-            (noise,) = after([check], noise)
-            return to_output(sample_core(noise))
+        return b.endpoint(sample, ["batch_size", "seed"],
+                          [tf.TensorSpec([], tf.int32, name="batch_size"), b.seed_spec])
 
-        @tf.function(input_signature=[image_spec, logsnr_spec], autograph=False)
-        def denoise(noisy, logsnr):
-            batch_size = tf.shape(noisy)[0]
-            checks = [
-                tf.debugging.assert_positive(batch_size, message="noisy must hold B >= 1."),
-                check_batch(logsnr, batch_size, "logsnr"),
-            ]
-            return denoise_core(*after(checks, noisy, logsnr))
+    def sample(*args):
+        *condition, seed = b.after(b.conditioning.export_checks(b._condition(args)), *args)
+        noise = b.draw_noise(tf.shape(condition[0])[0], seed)
+        return b.to_output(b.sample_core(noise, *condition))
 
-    @tf.function(input_signature=[], autograph=False)
+    return b.endpoint(sample, [*keys, "seed"], [*b.condition_specs, b.seed_spec])
+
+
+def _sample_from_noise_endpoint(b):
+    def sample_from_noise(*args):
+        *condition, noise = args
+        checks = b.condition_checks(condition, b.tf.shape(noise)[1], "noise")
+        *condition, noise = b.after(checks, *condition, noise)
+        return b.to_output(b.sample_core(noise, *condition))
+
+    return b.endpoint(sample_from_noise, [*b.conditioning.keys, "noise"],
+                      [*b.condition_specs, b.noise_spec])
+
+
+def _denoise_endpoint(b):
+    tf = b.tf
+
+    def denoise(noisy, logsnr, *condition):
+        batch_size = tf.shape(noisy)[0]
+        checks = b.condition_checks(condition, batch_size, "noisy") + [tf.debugging.assert_equal(
+            tf.shape(logsnr)[0], batch_size, message="logsnr must have the batch size of noisy.")]
+        return b.denoise_core(*b.after(checks, noisy, logsnr, *condition))
+
+    return b.endpoint(denoise, ["noisy", "logsnr", *b.conditioning.keys],
+                      [b.image_spec, b.logsnr_spec, *b.condition_specs])
+
+
+def _metadata_endpoint(b):
+    tf, o, model = b.tf, b.options, b.model
+    sequence_length = (b.text_encoder.sequence_length or -1) if b.text_encoder else -1
+
     def metadata():
         return {
-            "num_steps": tf.constant(num_steps, tf.int32),
-            "sampler": tf.constant(sampler),
-            "guidance_scale": tf.constant(guidance_scale, tf.float32),
-            "clip": tf.constant(clip),
-            "output": tf.constant(output),
-            "image_shape": tf.constant(image_shape, tf.int32),
-            "num_classes": tf.constant(-1 if num_classes is None else num_classes, tf.int32),
-            "text_dim": tf.constant(-1 if text_dim is None else text_dim, tf.int32),
-            "sequence_length": tf.constant(
-                (text_encoder.sequence_length or -1) if text_encoder is not None else -1,
-                tf.int32,
-            ),
+            "num_steps": tf.constant(o["num_steps"], tf.int32),
+            "sampler": tf.constant(o["sampler"]),
+            "guidance_scale": tf.constant(o["guidance_scale"], tf.float32),
+            "clip": tf.constant(o["clip"]),
+            "output": tf.constant(o["output"]),
+            "image_shape": tf.constant(b.image_shape, tf.int32),
+            "num_classes": tf.constant(-1 if model.num_classes is None else model.num_classes,
+                                       tf.int32),
+            "text_dim": tf.constant(-1 if model.text_dim is None else model.text_dim, tf.int32),
+            "sequence_length": tf.constant(sequence_length, tf.int32),
         }
 
-    for name, function in [
-        ("sample", sample),
-        ("sample_from_noise", sample_from_noise),
-        ("denoise", denoise),
-        ("metadata", metadata),
-        *token_endpoints,
-    ]:
-        function.get_concrete_function()  # traced now, so ExportArchive takes it as is
-        archive.add_endpoint(name, function)
+    return b.endpoint(metadata, [], [])
+
+
+def _encode_text_endpoint(b):
+    def encode_text(token_ids, padding_mask):
+        checks = b.tokens.export_checks({"token_ids": token_ids, "padding_mask": padding_mask})
+        return b.encode_core(*b.after(checks, token_ids, padding_mask))
+
+    return b.endpoint(encode_text, list(b.tokens.keys), b.tokens.export_specs())
+
+
+def _sample_from_tokens_endpoint(b):
+    def sample_from_tokens(token_ids, padding_mask, seed):
+        checks = b.tokens.export_checks({"token_ids": token_ids, "padding_mask": padding_mask})
+        token_ids, padding_mask, seed = b.after(checks, token_ids, padding_mask, seed)
+        condition = b.encode_core(token_ids, padding_mask)
+        noise = b.draw_noise(b.tf.shape(token_ids)[0], seed)
+        return b.to_output(b.sample_core(noise, *[condition[k] for k in b.conditioning.keys]))
+
+    return b.endpoint(sample_from_tokens, [*b.tokens.keys, "seed"],
+                      [*b.tokens.export_specs(), b.seed_spec])
+
+
+# The endpoints of every condition kind (built from its signature), and those that a text
+# encoder adds (on the token form of captions): name -> builder.
+MODEL_ENDPOINTS = {"sample": _sample_endpoint, "sample_from_noise": _sample_from_noise_endpoint,
+                   "denoise": _denoise_endpoint, "metadata": _metadata_endpoint}
+TOKEN_ENDPOINTS = {"sample_from_tokens": _sample_from_tokens_endpoint,
+                   "encode_text": _encode_text_endpoint}
+
+
+def _write_saved_model(model, path, options, text_encoder=None):
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    builder = _Builder(model, archive, options, text_encoder)
+    tables = [MODEL_ENDPOINTS] + ([TOKEN_ENDPOINTS] if text_encoder is not None else [])
+    for table in tables:
+        for name, build in table.items():
+            function = build(builder)
+            archive.add_endpoint(name, function)
+            if name == "sample":  # TF-Serving's default, else the first raw endpoint
+                archive.add_endpoint("serving_default", function)
     archive.write_out(path, verbose=False)
 
 
-def _backend_function(archive, name, fn, input_signature, polymorphic_shapes):
-    """`fn` (Keras code using the tracked model) as a TensorFlow function.
-
-    On the TensorFlow backend that is a `tf.function`. On JAX it is the jax2tf conversion
-    that `ExportArchive.add_endpoint` makes, with the model's variables bound as TensorFlow
-    variables, but without registering an endpoint: the public endpoints wrap it in
-    TensorFlow code that JAX cannot trace (input assertions, `stateless_normal`). The shared
-    symbol `b` tells jax2tf that all batch dimensions are equal.
-    """
-    import tensorflow as tf
-
-    if keras.backend.backend() == "jax":
-        return archive._backend_add_endpoint(
-            name, fn, input_signature, jax2tf_kwargs={"polymorphic_shapes": polymorphic_shapes}
-        )
-    return tf.function(fn, input_signature=input_signature, autograph=False)
-
-
 # ---------------------------------------------------------------------- the torch route
-def _export_in_subprocess(model, path, export_backend, verbose, **options):
+def _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder=None):
+    """Save `model` (and `text_encoder`) as `.keras` and run `export_from_spec` on them in a
+    Python subprocess under `export_backend`."""
     if export_backend not in DIRECT_BACKENDS:
         raise ValueError(
             f"export_backend must be one of {DIRECT_BACKENDS}; got {export_backend!r}."
         )
-    modules = custom_object_modules(keras.saving.serialize_keras_object(model))
+    objects = {"model": model, "text_encoder": text_encoder}
+    objects = {name: item for name, item in objects.items() if item is not None}
+    modules = custom_object_modules([keras.saving.serialize_keras_object(item)
+                                     for item in objects.values()])
     if "__main__" in modules:
         raise ValueError(
             "The model uses custom classes defined in __main__, which the export subprocess "
@@ -512,99 +443,42 @@ def _export_in_subprocess(model, path, export_backend, verbose, **options):
             "there, or export from the JAX or TensorFlow backend."
         )
     if verbose:
-        print(
-            f"Keras cannot write a SavedModel from the {keras.backend.backend()} backend (it "
-            f"needs torch_xla): saving the model as .keras and exporting it with the "
-            f"{export_backend} backend in a subprocess."
-        )
+        print(f"Keras cannot write a SavedModel from the {keras.backend.backend()} backend (it "
+              f"needs torch_xla): saving the model as .keras and exporting it with the "
+              f"{export_backend} backend in a subprocess.")
     with tempfile.TemporaryDirectory() as tmp:
-        keras_path = os.path.join(tmp, "model.keras")
-        model.save(keras_path)
-        command = [
-            sys.executable, "-m", "keras_mm.cli", "export",
-            "--model", keras_path,
-            "--out", os.path.abspath(path),
-            "--num-steps", str(options["num_steps"]),
-            "--sampler", options["sampler"],
-            "--guidance-scale", repr(options["guidance_scale"]),
-            "--output", options["output"],
-            "--quiet",
-        ]  # fmt: skip
-        if options["clip"]:
-            command.append("--clip")
-        for module in modules:
-            command += ["--custom-module", module]
-        env = dict(os.environ, KERAS_BACKEND=export_backend)
-        env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
-        result = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
-    if result.returncode != 0:
-        needs = "tensorflow is" if export_backend == "tensorflow" else "jax and tensorflow are"
-        raise RuntimeError(
-            f"Exporting under the {export_backend} backend failed (exit code "
-            f"{result.returncode}). Check that {needs} installed. The subprocess said:\n"
-            + result.stderr[-3000:]
-        )
-
-
-# Run under `export_backend` by `_export_text_in_subprocess` (the CLI takes no text encoder).
-_EXPORT_TEXT_SCRIPT = """
-import importlib, json, sys
-spec = json.load(open(sys.argv[1]))
-for module in spec["modules"]:
-    importlib.import_module(module)
-import keras
-from keras_mm.export import export_sampler
-model = keras.saving.load_model(spec["model"])
-encoder = keras.saving.load_model(spec["text_encoder"])
-export_sampler(model, spec["out"], text_encoder=encoder, verbose=False, **spec["options"])
-"""
-
-
-def _export_text_in_subprocess(model, text_encoder, path, export_backend, verbose, options):
-    """The torch route of `_export_in_subprocess` for a model and its text encoder."""
-    import json
-
-    if export_backend not in DIRECT_BACKENDS:
-        raise ValueError(
-            f"export_backend must be one of {DIRECT_BACKENDS}; got {export_backend!r}."
-        )
-    modules = custom_object_modules(
-        [keras.saving.serialize_keras_object(model),
-         keras.saving.serialize_keras_object(text_encoder)]
-    )
-    if "__main__" in modules:
-        raise ValueError(
-            "The model uses custom classes defined in __main__, which the export subprocess "
-            "cannot import. Move them to a module and import them from there."
-        )
-    if verbose:
-        print(
-            f"Keras cannot write a SavedModel from the {keras.backend.backend()} backend (it "
-            f"needs torch_xla): saving the model and text encoder as .keras and exporting "
-            f"them with the {export_backend} backend in a subprocess."
-        )
-    with tempfile.TemporaryDirectory() as tmp:
-        spec = {
-            "model": os.path.join(tmp, "model.keras"),
-            "text_encoder": os.path.join(tmp, "text_encoder.keras"),
-            "out": os.path.abspath(path),
-            "options": options,
-            "modules": modules,
-        }
-        model.save(spec["model"])
-        text_encoder.save(spec["text_encoder"])
+        spec = {"out": os.path.abspath(path), "options": options, "modules": modules}
+        for name, item in objects.items():
+            spec[name] = os.path.join(tmp, f"{name}.keras")
+            item.save(spec[name])
         spec_path = os.path.join(tmp, "spec.json")
         with open(spec_path, "w") as file:
             json.dump(spec, file)
         env = dict(os.environ, KERAS_BACKEND=export_backend)
         env["PYTHONPATH"] = os.pathsep.join(os.path.abspath(p or ".") for p in sys.path)
-        result = subprocess.run([sys.executable, "-c", _EXPORT_TEXT_SCRIPT, spec_path],
-                                env=env, capture_output=True, text=True, check=False)
+        script = "import sys, keras_mm.export as e; e.export_from_spec(sys.argv[1])"
+        result = subprocess.run([sys.executable, "-c", script, spec_path], env=env,
+                                capture_output=True, text=True, check=False)
     if result.returncode != 0:
-        raise RuntimeError(
-            f"Exporting under the {export_backend} backend failed (exit code "
-            f"{result.returncode}). The subprocess said:\n" + result.stderr[-3000:]
-        )
+        needs = "tensorflow is" if export_backend == "tensorflow" else "jax and tensorflow are"
+        raise RuntimeError(f"Exporting under the {export_backend} backend failed (exit code "
+                           f"{result.returncode}). Check that {needs} installed. The "
+                           f"subprocess said:\n{result.stderr[-3000:]}")
+
+
+def export_from_spec(spec_path):
+    """The export subprocess of the torch route: load the `.keras` files that a JSON spec
+    names (`model`, optional `text_encoder`, `modules` to import first) and write the
+    SavedModel `out` with `options`."""
+    import importlib
+
+    with open(spec_path) as file:
+        spec = json.load(file)
+    for module in spec["modules"]:
+        importlib.import_module(module)
+    model = keras.saving.load_model(spec["model"])
+    encoder = keras.saving.load_model(spec["text_encoder"]) if "text_encoder" in spec else None
+    _write_saved_model(model, spec["out"], spec["options"], encoder)
 
 
 def custom_object_modules(config):
@@ -614,17 +488,13 @@ def custom_object_modules(config):
     `import keras_mm` does not import every model file). `config` is what
     `keras.saving.serialize_keras_object(model)` returns, or a `.keras` file's config.json.
     """
-    modules = set()
-
-    def collect(item):
+    modules, stack = set(), [config]
+    while stack:
+        item = stack.pop()
         if isinstance(item, dict):
             if item.get("registered_name") and item.get("module"):
                 modules.add(item["module"])
-            for value in item.values():
-                collect(value)
+            stack.extend(item.values())
         elif isinstance(item, (list, tuple)):
-            for value in item:
-                collect(value)
-
-    collect(config)
+            stack.extend(item)
     return sorted(m for m in modules if not m.startswith("keras."))

@@ -25,7 +25,7 @@ spm = pytest.importorskip("sentencepiece")
 from keras_mm import datasets
 from keras_mm.callbacks import FIDCallback
 from keras_mm.distillation import MomentMatchingDistiller
-from keras_mm.export import export_sampler, sampler_noise
+from keras_mm.export import VOCABULARY_FILE, export_sampler, sampler_noise, tokenize_for_sampler
 from keras_mm.metrics.feature_extractor import FeatureExtractor
 from keras_mm.models.diffusion_model import DiffusionModel
 from keras_mm.models.text_encoder import TextEncoder
@@ -299,7 +299,12 @@ def test_exported_sampler_takes_embeddings_and_token_ids(teacher, encoder, tmp_p
                        text_encoder=encoder)
     assert "sample_from_tokens" in log.getvalue()
     captions = ["a red square on the left", "a blue circle on the right side", "green square"]
-    tokens = encoder.tokenize(captions)
+    # The captions' tokens come from the vocabulary that export_sampler wrote beside the
+    # SavedModel (its sequence length from the metadata), not from the encoder.
+    assert os.path.isfile(os.path.join(path, VOCABULARY_FILE))
+    tokens = tokenize_for_sampler(path, captions)
+    for key, value in encoder.tokenize(captions).items():
+        np.testing.assert_array_equal(tokens[key], value)
     condition = encoder.encode(captions)
     np.savez(tmp_path / "inputs.npz", **tokens, **condition)
     spec = {"path": path, "inputs": str(tmp_path / "inputs.npz"),

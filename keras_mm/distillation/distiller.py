@@ -9,12 +9,7 @@ from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
 from keras_mm.distillation.optimizers import AdamWithoutMomentum
 from keras_mm.distillation.preconditioner import preconditioner_from_adam
-from keras_mm.models.diffusion_model import (
-    DiffusionModel,
-    check_training_arrays,
-    per_example_mean_square,
-    unpack_batch,
-)
+from keras_mm.models.diffusion_model import DiffusionModel, per_example_mean_square
 
 METHODS = ("alternating", "instant")
 WEIGHTINGS = ("auto", "edm", "flat", "dmd")
@@ -324,7 +319,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
 
     # ------------------------------------------------------------------ the train step
     def iteration(self, data):
-        images, condition = unpack_batch(data)
+        images, condition = self.teacher.unpack_batch(data)
         self.teacher.check_images(images)
         images = ops.cast(images, "float32")
         condition = self.teacher.check_condition(condition)
@@ -439,7 +434,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
-        check_training_arrays(self.teacher, x, y)
+        self.teacher.check_training_arrays(x, y)
         return super().fit(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ sampling

@@ -7,8 +7,9 @@ from keras import ops
 from keras_mm.backend import IterationTrainer, compile_with_variables, value_and_grad
 from keras_mm.diffusion import process, samplers, time_sampling
 from keras_mm.diffusion.schedules import CosineSchedule
+from keras_mm.models.conditioning import TextEmbeddingConditioning, conditioning_for_network
 
-CONDITION_KEYS = ("labels", "text_embeddings", "text_mask")
+CONDITION_KEYS = ("labels", "text_embeddings", "text_mask")  # of the built-in kinds
 
 
 def per_example_mean_square(x):
@@ -29,13 +30,14 @@ class _FunctionCache:
         self.functions = {}
 
 
-def unpack_batch(data):
+def unpack_batch(data, conditioning=None):
     """Split a training element into `(images, condition)`.
 
     Accepts `images`, `(images,)`, `(images, labels)`, `(images, labels, sample_weight)`,
-    and `{"images": ..., "labels" | "text_embeddings" + "text_mask": ...}` (alone or as the
-    first element of a tuple).
+    and `{"images": ..., **condition}` (alone or as the first element of a tuple), the
+    condition's keys being those of `conditioning` (by default, labels and text).
     """
+    keys = CONDITION_KEYS if conditioning is None else conditioning.keys
     x, y, _ = keras.utils.unpack_x_y_sample_weight(data)
     if isinstance(x, dict):
         if "images" not in x:
@@ -44,57 +46,28 @@ def unpack_batch(data):
                 "{'images': ..., 'labels': ...} or {'images': ..., 'text_embeddings': ..., "
                 "'text_mask': ...}."
             )
-        unknown = set(x) - {"images", *CONDITION_KEYS}
+        unknown = set(x) - {"images", *keys}
         if unknown:
             raise ValueError(
                 f"Unknown keys {sorted(unknown)} in the batch; expected 'images' and any of "
-                f"{CONDITION_KEYS}."
+                f"{tuple(keys)}."
             )
-        return x["images"], {k: x[k] for k in CONDITION_KEYS if k in x}
+        return x["images"], {k: x[k] for k in keys if k in x}
     return x, ({} if y is None else {"labels": y})
 
 
 def check_text_shapes(text_embeddings, text_mask, text_dim, batch_size=None):
     """Raise a clear ValueError unless text_embeddings [B, L, text_dim] and text_mask [B, L]
     fit together (`None` dimensions, as in traced functions, pass)."""
-    if text_embeddings is None or text_mask is None:
-        given, missing = ("text_mask", "text_embeddings") if text_embeddings is None else (
-            "text_embeddings", "text_mask")
-        raise ValueError(
-            f"Text conditioning needs both text_embeddings [B, L, D] and text_mask [B, L]; got "
-            f"{given} without {missing} (keras_mm.TextEncoder.encode returns both)."
-        )
-    embeddings_shape, mask_shape = tuple(text_embeddings.shape), tuple(text_mask.shape)
-    if len(embeddings_shape) != 3 or len(mask_shape) != 2:
-        raise ValueError(
-            "text_embeddings must be [B, L, D] and text_mask [B, L]; got shapes "
-            f"{embeddings_shape} and {mask_shape}."
-        )
-
-    def differ(a, b):
-        return a is not None and b is not None and a != b
-
-    if differ(embeddings_shape[0], mask_shape[0]) or differ(embeddings_shape[1], mask_shape[1]):
-        raise ValueError(
-            f"text_embeddings {embeddings_shape} and text_mask {mask_shape} must agree on the "
-            "batch and sequence length [B, L]."
-        )
-    if differ(embeddings_shape[2], text_dim):
-        raise ValueError(
-            f"text_embeddings have width {embeddings_shape[2]}, but the network was built with "
-            f"text_dim={text_dim}: use the text encoder the model was trained with (its "
-            "hidden_dim), or build the network with text_dim=hidden_dim."
-        )
-    if differ(embeddings_shape[0], batch_size):
-        raise ValueError(
-            f"Got {embeddings_shape[0]} text embeddings for a batch of {batch_size} images."
-        )
+    condition = {k: v for k, v in (("text_embeddings", text_embeddings),
+                                   ("text_mask", text_mask)) if v is not None}
+    TextEmbeddingConditioning(text_dim).validate(condition, batch_size)
 
 
 def check_training_arrays(model, x, y=None):
     """Validate numpy training data for `model` (a `DiffusionModel`) before `fit` compiles:
-    image shape, NaN/inf values and the label range. Datasets and generators are checked
-    batch by batch for shape only (inside the step)."""
+    image shape, NaN/inf values and the condition (its keys, shapes and, e.g., the label
+    range). Datasets and generators are checked batch by batch inside the step."""
     images = x.get("images") if isinstance(x, dict) else x
     if not isinstance(images, np.ndarray):
         return
@@ -105,19 +78,11 @@ def check_training_arrays(model, x, y=None):
             f"The training images contain NaN or inf values ({int((~finite).sum())} examples, "
             f"first at index {int(np.argmin(finite))}); clean the data before fit."
         )
-    if isinstance(x, dict) and ("text_embeddings" in x or "text_mask" in x):
-        if model.text_dim is None:
-            model.check_condition({"text_embeddings": None})  # raises the clear error
-        check_text_shapes(x.get("text_embeddings"), x.get("text_mask"), model.text_dim,
-                          len(images))
-    labels = x.get("labels") if isinstance(x, dict) else y
-    if labels is not None and model.num_classes is not None:
-        labels = np.asarray(labels)
-        if labels.min() < 0 or labels.max() >= model.num_classes:
-            raise ValueError(
-                f"Training labels must be in [0, {model.num_classes}); got "
-                f"[{labels.min()}, {labels.max()}]."
-            )
+    if isinstance(x, dict):
+        condition = {k: np.asarray(v) for k, v in x.items() if k != "images"}
+    else:
+        condition = {} if y is None else {"labels": np.asarray(y)}
+    model.conditioning.validate(condition, len(images))
 
 
 @keras.saving.register_keras_serializable(package="keras_mm")
@@ -140,6 +105,9 @@ class DiffusionModel(IterationTrainer, keras.Model):
         condition_dropout: probability of replacing a label / caption by the null
             condition during training (for classifier-free guidance).
         seed: seed of the model's random draws during training.
+        conditioning: the condition kind (a `keras_mm.models.conditioning.Conditioning`);
+            by default the network's: class labels with `num_classes`, a caption with
+            `text_dim`, none otherwise. Pass one for a kind of your own.
 
     Example:
     ```python
@@ -162,6 +130,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         loss_weighting="v",
         condition_dropout=0.1,
         seed=None,
+        conditioning=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -184,8 +153,12 @@ class DiffusionModel(IterationTrainer, keras.Model):
             raise ValueError(f"`condition_dropout` must be in [0, 1), got {condition_dropout}.")
         self.network = network
         self.image_shape = tuple(network.image_shape)
-        self.num_classes = getattr(network, "num_classes", None)
-        self.text_dim = getattr(network, "text_dim", None)
+        if isinstance(conditioning, dict):
+            conditioning = keras.saving.deserialize_keras_object(conditioning)
+        self._conditioning_argument = conditioning
+        self.conditioning = conditioning or conditioning_for_network(network)
+        self.num_classes = getattr(self.conditioning, "num_classes", None)
+        self.text_dim = getattr(self.conditioning, "text_dim", None)
         if schedule is None:
             image_size = self.image_shape[0] if len(self.image_shape) == 3 else None
             schedule = CosineSchedule(image_size=image_size)
@@ -224,64 +197,26 @@ class DiffusionModel(IterationTrainer, keras.Model):
 
     def null_condition(self, batch_size):
         """The unconditional input: the null label / an all-padding caption / nothing."""
-        condition = {}
-        if self.num_classes is not None:
-            condition["labels"] = ops.full((batch_size,), self.num_classes, "int32")
-        if self.text_dim is not None:
-            length = getattr(self.network, "text_length", 1) or 1
-            condition["text_embeddings"] = ops.zeros((batch_size, length, self.text_dim))
-            condition["text_mask"] = ops.zeros((batch_size, length), "bool")
-        return condition
+        return self.conditioning.null(batch_size)
 
     def check_condition(self, condition, batch_size=None):
-        """Raise a clear ValueError when `condition` does not fit this model."""
-        condition = dict(condition or {})
-        if "labels" in condition and self.num_classes is None:
-            raise ValueError(
-                "Labels were given, but this model is unconditional (its network has "
-                "num_classes=None). Drop the labels or build the network with num_classes."
-            )
-        if ("text_embeddings" in condition or "text_mask" in condition) and self.text_dim is None:
-            raise ValueError(
-                "Text conditioning was given, but this model was built without it (network "
-                "text_dim=None). Build the network with text_dim=... to condition on text."
-            )
-        if self.num_classes is not None and "labels" not in condition:
-            raise ValueError(
-                f"This model is class-conditional ({self.num_classes} classes): pass labels "
-                f"(integers in [0, {self.num_classes})), or labels={self.num_classes} for "
-                "unconditional samples."
-            )
-        if self.text_dim is not None and "text_embeddings" not in condition:
-            raise ValueError(
-                "This model is text-conditional: pass text_embeddings and text_mask."
-            )
-        if "labels" in condition:
-            labels = condition["labels"]
-            try:
-                values = np.asarray(ops.convert_to_numpy(labels))
-            except Exception:  # symbolic tensor inside a compiled function: checked at entry
-                values = None
-            if values is not None:
-                if values.ndim != 1:
-                    raise ValueError(f"labels must be a vector [B]; got shape {values.shape}.")
-                # The null label num_classes is allowed (classifier-free guidance).
-                if values.size and (values.min() < 0 or values.max() > self.num_classes):
-                    raise ValueError(
-                        f"labels must be in [0, {self.num_classes}) (or {self.num_classes} for "
-                        f"the null label); got values in [{values.min()}, {values.max()}]."
-                    )
-                if batch_size is not None and values.shape[0] != batch_size:
-                    raise ValueError(
-                        f"Got {values.shape[0]} labels for a batch of {batch_size} images."
-                    )
-            condition["labels"] = ops.cast(labels, "int32")
-        if "text_embeddings" in condition or "text_mask" in condition:
-            check_text_shapes(condition.get("text_embeddings"), condition.get("text_mask"),
-                              self.text_dim, batch_size)
-            condition["text_embeddings"] = ops.cast(condition["text_embeddings"], "float32")
-            condition["text_mask"] = ops.cast(condition["text_mask"], "bool")
-        return condition
+        """Raise a clear ValueError when `condition` does not fit this model; returns it as
+        tensors of the model's dtypes."""
+        return self.conditioning.check(condition, batch_size)
+
+    def unpack_batch(self, data):
+        """`(images, condition)` of a training element (see `unpack_batch`)."""
+        return unpack_batch(data, self.conditioning)
+
+    def check_text_shapes(self, text_embeddings, text_mask, batch_size=None):
+        """Raise a clear ValueError unless the text condition fits this model."""
+        if self.text_dim is None:
+            raise ValueError(TextEmbeddingConditioning.misplaced)
+        check_text_shapes(text_embeddings, text_mask, self.text_dim, batch_size)
+
+    def check_training_arrays(self, x, y=None):
+        """Validate NumPy training data before `fit` (see `check_training_arrays`)."""
+        check_training_arrays(self, x, y)
 
     def check_images(self, images):
         if tuple(images.shape[1:]) != self.image_shape:
@@ -333,7 +268,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
 
     def call(self, inputs, training=False):
         """Keras entry point: `inputs` is the network's dict; returns x-hat."""
-        condition = {k: inputs[k] for k in CONDITION_KEYS if k in inputs}
+        condition = {k: inputs[k] for k in self.conditioning.keys if k in inputs}
         return self.denoise(inputs["noisy"], inputs["logsnr"], condition, training=training)
 
     # ------------------------------------------------------------------ teacher training
@@ -352,21 +287,10 @@ class DiffusionModel(IterationTrainer, keras.Model):
         if not condition or not self.condition_dropout:
             return condition
         keep = keras.random.uniform((batch_size,), seed=self.seed_generator)
-        keep = keep >= self.condition_dropout
-        null = self.null_condition(batch_size)
-        dropped = {}
-        for key, value in condition.items():
-            mask = ops.reshape(keep, (-1,) + (1,) * (len(value.shape) - 1))
-            if key == "text_embeddings":
-                dropped[key] = value  # the null caption is signalled by an empty mask
-            elif key == "text_mask":
-                dropped[key] = ops.logical_and(ops.cast(value, "bool"), mask)
-            else:
-                dropped[key] = ops.where(mask, value, null[key])
-        return dropped
+        return self.conditioning.drop(condition, keep >= self.condition_dropout)
 
     def iteration(self, data):
-        images, condition = unpack_batch(data)
+        images, condition = self.unpack_batch(data)
         self.check_images(images)
         images = ops.cast(images, "float32")
         condition = self.check_condition(condition)
@@ -402,7 +326,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
-        check_training_arrays(self, x, y)
+        self.check_training_arrays(x, y)
         return super().fit(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ sampling
@@ -473,9 +397,9 @@ class DiffusionModel(IterationTrainer, keras.Model):
         return samplers.sample(denoise_fn, self.schedule, noise, num_steps, sampler)
 
     def _batch_size(self, num_samples, condition, noise):
-        for key in ("labels", "text_embeddings"):
-            if key in condition:
-                return int(condition[key].shape[0])
+        batch_size = self.conditioning.batch_size(condition)
+        if batch_size is not None:
+            return batch_size
         if noise is not None:
             return int(noise.shape[1])
         if num_samples is None or int(num_samples) < 1:
@@ -495,6 +419,8 @@ class DiffusionModel(IterationTrainer, keras.Model):
                 "seed": self.seed,
             }
         )
+        if self._conditioning_argument is not None:  # a default one follows the network
+            config["conditioning"] = keras.saving.serialize_keras_object(self.conditioning)
         return config
 
     @classmethod

@@ -1,12 +1,15 @@
 """`TextEncoder`: the frozen encoder half of a KerasHub T5, with its tokenizer."""
 
 import contextlib
+import os
 import warnings
 
 import keras
 import numpy as np
+from keras import ops
 
 from keras_mm.backend import no_grad
+from keras_mm.models.conditioning import Conditioning
 
 # T5 presets that make sense as text encoders. Imagen and the paper's §5.5 use T5-XXL
 # (4.7B encoder parameters, 4096-wide embeddings); the others are for smaller budgets.
@@ -39,6 +42,63 @@ def _quiet_t5_masks():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*does not support masking.*")
         yield
+
+
+@keras.saving.register_keras_serializable(package="keras_mm")
+class TokenConditioning(Conditioning):
+    """Captions as token ids: `{"token_ids": int [B, L], "padding_mask": bool [B, L]}`, the
+    input of a `keras_mm.TextEncoder`, which turns it into a `TextEmbeddingConditioning` condition
+    (an exported sampler's `sample_from_tokens` and `encode_text` take it).
+
+    Args:
+        vocabulary_size: ids must be in [0, vocabulary_size).
+
+    Example:
+    ```python
+    tokens = keras_mm.models.text_encoder.TokenConditioning(vocabulary_size=32128)
+    tokens.validate({"token_ids": [[5, 1]], "padding_mask": [[True, True]]})
+    ```
+    """
+
+    name = "token"
+    keys = ("token_ids", "padding_mask")
+    unit = "caption"
+    hint = " (keras_mm.TextEncoder.tokenize returns both)"
+    misplaced = ("Token ids were given, but a diffusion model takes the text encoder's "
+                 "embeddings: pass text_encoder.encode_tokens(token_ids, padding_mask).")
+
+    def __init__(self, vocabulary_size):
+        self.vocabulary_size = int(vocabulary_size)
+
+    @property
+    def signature(self):
+        return {"token_ids": (("B", "L"), "int32"), "padding_mask": (("B", "L"), "bool")}
+
+    def null(self, batch_size):
+        return {"token_ids": ops.zeros((batch_size, 1), "int32"),
+                "padding_mask": ops.zeros((batch_size, 1), "bool")}
+
+    def range_message(self, got):
+        v = self.vocabulary_size
+        return f"token_ids must be in [0, {v}) (the vocabulary size is {v}); got {got}."
+
+    def check_values(self, values):
+        ids = values["token_ids"]
+        if ids.size and (ids.min() < 0 or ids.max() >= self.vocabulary_size):
+            raise ValueError(self.range_message(f"values in [{ids.min()}, {ids.max()}]"))
+
+    def export_value_checks(self, tensors):
+        import tensorflow as tf
+
+        ids = tensors["token_ids"]
+        return [
+            tf.debugging.assert_non_negative(ids, message=self.range_message("a negative id")),
+            tf.debugging.assert_less(ids, tf.constant(self.vocabulary_size, tf.int32),
+                                     message=self.range_message("a larger id")),
+        ]
+
+    def get_config(self):
+        return {**super().get_config(), "vocabulary_size": self.vocabulary_size}
 
 
 @keras.saving.register_keras_serializable(package="keras_mm")
@@ -191,6 +251,23 @@ class TextEncoder(keras.Model):
                 stacklevel=3,
             )
 
+    def write_vocabulary(self, path):
+        """Write the tokenizer's SentencePiece vocabulary (a `.spm` file) to `path`.
+
+        Returns:
+            `path`, or None when this encoder has no preprocessor (nothing is written).
+        """
+        if self.preprocessor is None:
+            return None
+        proto = self.preprocessor.tokenizer.proto
+        if isinstance(proto, str):  # a path to the preset's vocabulary.spm
+            with open(proto, "rb") as file:
+                proto = file.read()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(path, "wb") as file:
+            file.write(proto)
+        return path
+
     def encode(self, captions, batch_size=64):
         """Embed `captions` with the frozen encoder, in batches.
 
@@ -209,16 +286,8 @@ class TextEncoder(keras.Model):
         """`encode` for already tokenized captions (int [B, L] ids and [B, L] mask)."""
         token_ids = np.asarray(token_ids, "int32")
         padding_mask = np.asarray(padding_mask).astype("int32")
-        if token_ids.ndim != 2 or token_ids.shape != padding_mask.shape:
-            raise ValueError(
-                "token_ids and padding_mask must both have shape [B, L]; got "
-                f"{token_ids.shape} and {padding_mask.shape}."
-            )
-        if token_ids.size and (token_ids.min() < 0 or token_ids.max() >= self.vocabulary_size):
-            raise ValueError(
-                f"token_ids must be in [0, {self.vocabulary_size}) (the T5 vocabulary); got "
-                f"values in [{token_ids.min()}, {token_ids.max()}]."
-            )
+        TokenConditioning(self.vocabulary_size).validate(
+            {"token_ids": token_ids, "padding_mask": padding_mask})
         embeddings = []
         with no_grad(), _quiet_t5_masks():
             for start in range(0, len(token_ids), batch_size):
@@ -257,6 +326,21 @@ class TextEncoder(keras.Model):
                 config["preprocessor"]
             )
         return cls(**config)
+
+
+def tokenize_with_vocabulary(vocabulary, captions, sequence_length):
+    """`TextEncoder.tokenize` without the encoder: T5 token ids of `captions` from a
+    SentencePiece vocabulary file (as `TextEncoder.write_vocabulary` writes).
+
+    Returns:
+        `{"token_ids": int32 [B, L], "padding_mask": bool [B, L]}` as NumPy arrays.
+    """
+    keras_hub = _keras_hub()
+    tokenizer = keras_hub.models.T5Tokenizer(proto=vocabulary)
+    preprocessor = keras_hub.models.T5Preprocessor(tokenizer, sequence_length=sequence_length)
+    packed = preprocessor(_as_caption_list(captions))
+    return {"token_ids": np.asarray(packed["token_ids"]).astype("int32"),
+            "padding_mask": np.asarray(packed["padding_mask"]).astype(bool)}
 
 
 def _as_caption_list(captions):
