@@ -32,11 +32,10 @@ def single_update_distiller(teacher, part, method):
     import keras
 
     import keras_mm
-    from keras_mm.models.diffusion_model import unpack_batch
 
     class SingleUpdate(keras_mm.MomentMatchingDistiller):
         def iteration(self, data):
-            images, condition = unpack_batch(data)
+            images, condition = self.teacher.unpack_batch(data)
             images = keras.ops.cast(images, "float32")
             condition = self.teacher.check_condition(condition)
             getattr(self, part)(images, condition)

@@ -17,7 +17,6 @@ import numpy as np
 from keras import ops
 
 from keras_mm.backend import value_and_grad
-from keras_mm.models.diffusion_model import unpack_batch
 
 
 def preconditioner_from_adam(teacher, epsilon=None):
@@ -117,7 +116,7 @@ def estimate_preconditioner(teacher, dataset, steps, beta_2=0.99, epsilon=1e-8):
     for data in dataset:
         if taken == int(steps):
             break
-        images, condition = unpack_batch(data)
+        images, condition = teacher.unpack_batch(data)
         images = ops.convert_to_tensor(images, "float32")
         condition = teacher.check_condition(condition)
         batch_size = images.shape[0]
@@ -125,7 +124,7 @@ def estimate_preconditioner(teacher, dataset, steps, beta_2=0.99, epsilon=1e-8):
         noise = keras.random.normal(images.shape, seed=seed)
         condition = teacher.drop_condition(condition, batch_size)
 
-        def loss_fn():
+        def loss_fn(images=images, logsnr=logsnr, noise=noise, condition=condition):
             loss = teacher.denoising_loss(images, logsnr, noise, condition, training=True)
             return ops.mean(loss), None
 
