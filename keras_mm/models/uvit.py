@@ -111,35 +111,12 @@ class UViT(keras.Model):
         super().__init__(**kwargs)
         image_shape = tuple(int(d) for d in image_shape)
         channel_multipliers = tuple(int(m) for m in channel_multipliers)
-        num_levels = len(channel_multipliers)
-        if len(image_shape) != 3:
-            raise ValueError(f"`image_shape` must be (height, width, channels), got {image_shape}.")
-        if num_levels < 1:
-            raise ValueError("`channel_multipliers` needs at least one level.")
-        if isinstance(num_res_blocks, int):
-            blocks_per_level = (num_res_blocks,) * num_levels
-        else:
-            blocks_per_level = tuple(int(n) for n in num_res_blocks)
-            num_res_blocks = blocks_per_level
-        if len(blocks_per_level) != num_levels:
-            raise ValueError(
-                f"`num_res_blocks` has {len(blocks_per_level)} entries but there are "
-                f"{num_levels} levels (channel_multipliers={channel_multipliers})."
-            )
-        factor = patch_size * 2 ** (num_levels - 1)
-        if image_shape[0] % factor or image_shape[1] % factor:
-            raise ValueError(
-                f"Height and width of image_shape={image_shape} must be divisible by "
-                f"patch_size * 2 ** (num_levels - 1) = {factor}."
-            )
-        width = base_channels * channel_multipliers[-1]
-        if transformer_depth and width % num_heads:
-            raise ValueError(
-                f"The transformer width base_channels * channel_multipliers[-1] = {width} "
-                f"must be divisible by num_heads={num_heads}."
-            )
-        if num_classes is not None and num_classes < 1:
-            raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes}.")
+        if not isinstance(num_res_blocks, int):
+            num_res_blocks = tuple(int(n) for n in num_res_blocks)
+        blocks_per_level, factor = _check_arguments(
+            image_shape, base_channels, channel_multipliers, num_res_blocks, transformer_depth,
+            num_heads, num_classes, patch_size,
+        )  # fmt: skip
 
         self.image_shape = image_shape
         self.base_channels = base_channels
@@ -163,8 +140,16 @@ class UViT(keras.Model):
         out_channels = output_channels or image_shape[-1]
         emb_dim = embedding_dim or 4 * base_channels
 
+        self._build_layers(emb_dim, out_channels)
+
+    def _build_layers(self, emb_dim, out_channels):
+        """Creates the sublayers (weights are made later, in `build`)."""
+        num_levels = len(self.channel_multipliers)
+        width = self._level_channels[-1]
+        text_dim, norm_groups = self.text_dim, self.norm_groups
+
         def level_dropout(level):
-            return dropout if level >= dropout_from_level else 0.0
+            return self.dropout if level >= self.dropout_from_level else 0.0
 
         self.logsnr_features = FourierFeatures(_LOGSNR_FREQUENCIES, name="logsnr_features")
         self.logsnr_mlp = keras.Sequential(
@@ -172,9 +157,9 @@ class UViT(keras.Model):
             name="logsnr_mlp",
         )
         self.class_embedding = None
-        if num_classes is not None:
+        if self.num_classes is not None:
             self.class_embedding = keras.layers.Embedding(
-                num_classes + 1, emb_dim, name="class_embedding"
+                self.num_classes + 1, emb_dim, name="class_embedding"
             )
         self.text_conditioning = None
         if text_dim is not None:
@@ -183,7 +168,7 @@ class UViT(keras.Model):
         self.stem = keras.layers.Conv2D(self._level_channels[0], 3, padding="same", name="stem")
         self.down_blocks, self.downsamplers = [], []
         for level, channels in enumerate(self._level_channels):
-            for i in range(blocks_per_level[level]):
+            for i in range(self._blocks_per_level[level]):
                 self.down_blocks.append(
                     ResBlock(channels, level_dropout(level), norm_groups, name=f"down_{level}_{i}")
                 )
@@ -199,19 +184,19 @@ class UViT(keras.Model):
                 )
         self.transformer_blocks = [
             TransformerBlock(
-                num_heads,
-                mlp_ratio,
+                self.num_heads,
+                self.mlp_ratio,
                 level_dropout(num_levels - 1),
                 cross_attention=text_dim is not None,
                 name=f"transformer_{i}",
             )
-            for i in range(transformer_depth)
+            for i in range(self.transformer_depth)
         ]
         self.transformer_norm = keras.layers.LayerNormalization(name="transformer_norm")
         self.up_blocks, self.upsamplers = [], []
         for level in reversed(range(num_levels)):
             channels = self._level_channels[level]
-            for i in range(blocks_per_level[level]):
+            for i in range(self._blocks_per_level[level]):
                 self.up_blocks.append(
                     ResBlock(channels, level_dropout(level), norm_groups, name=f"up_{level}_{i}")
                 )
@@ -228,7 +213,7 @@ class UViT(keras.Model):
             group_count(self._level_channels[0], norm_groups), name="output_norm"
         )
         self.output_conv = keras.layers.Conv2D(
-            out_channels * patch_size**2,
+            out_channels * self.patch_size**2,
             3,
             padding="same",
             kernel_initializer="zeros",
@@ -402,3 +387,38 @@ class UViT(keras.Model):
     @classmethod
     def from_config(cls, config):
         return cls(**config)
+
+
+def _check_arguments(image_shape, base_channels, channel_multipliers, num_res_blocks,
+                     transformer_depth, num_heads, num_classes, patch_size):
+    """Raises a ValueError for UViT arguments that cannot build; returns the ResBlocks per
+    level and the total downsampling factor."""
+    num_levels = len(channel_multipliers)
+    if len(image_shape) != 3:
+        raise ValueError(f"`image_shape` must be (height, width, channels), got {image_shape}.")
+    if num_levels < 1:
+        raise ValueError("`channel_multipliers` needs at least one level.")
+    if isinstance(num_res_blocks, int):
+        blocks_per_level = (num_res_blocks,) * num_levels
+    else:
+        blocks_per_level = tuple(num_res_blocks)
+    if len(blocks_per_level) != num_levels:
+        raise ValueError(
+            f"`num_res_blocks` has {len(blocks_per_level)} entries but there are "
+            f"{num_levels} levels (channel_multipliers={channel_multipliers})."
+        )
+    factor = patch_size * 2 ** (num_levels - 1)
+    if image_shape[0] % factor or image_shape[1] % factor:
+        raise ValueError(
+            f"Height and width of image_shape={image_shape} must be divisible by "
+            f"patch_size * 2 ** (num_levels - 1) = {factor}."
+        )
+    width = base_channels * channel_multipliers[-1]
+    if transformer_depth and width % num_heads:
+        raise ValueError(
+            f"The transformer width base_channels * channel_multipliers[-1] = {width} "
+            f"must be divisible by num_heads={num_heads}."
+        )
+    if num_classes is not None and num_classes < 1:
+        raise ValueError(f"`num_classes` must be a positive int or None, got {num_classes}.")
+    return blocks_per_level, factor
