@@ -58,33 +58,9 @@ def tfds_image_dataset(
     teacher.fit(dataset, steps_per_epoch=1000, epochs=400)
     ```
     """
-    try:
-        import tensorflow as tf
-        import tensorflow_datasets as tfds
-    except ImportError as error:  # pragma: no cover - dependency message
-        raise ImportError(
-            "TFDS datasets need tensorflow and tensorflow-datasets: "
-            "pip install 'keras-mm[data,tensorflow]'."
-        ) from error
-    try:
-        dataset, info = tfds.load(
-            name,
-            split=split,
-            as_supervised=True,
-            shuffle_files=shuffle,
-            data_dir=data_dir,
-            read_config=tfds.ReadConfig(shuffle_seed=seed),
-            with_info=True,
-        )
-    except Exception as error:  # noqa: BLE001 - unknown name, no download, bad split, ...
-        first_line = (str(error).strip().splitlines() or [""])[0][:300].rstrip(".")
-        raise DatasetNotAvailableError(
-            f"Could not load the TFDS dataset {name!r} (split {split!r}, data_dir "
-            f"{data_dir or '~/tensorflow_datasets'}): {type(error).__name__}: {first_line}. "
-            f"TFDS downloads and prepares a dataset on first use; without internet access, "
-            f"prepare it elsewhere (`tfds build {name}`; ImageNet needs a manual download) "
-            "and point data_dir at it."
-        ) from error
+    import tensorflow as tf
+
+    dataset, info = _load_tfds(name, split, shuffle, seed, data_dir)
     label_map = _standard_imagenet_label_map(info)
     if num_examples is not None:
         dataset = dataset.take(num_examples)
@@ -111,6 +87,37 @@ def tfds_image_dataset(
 
     dataset = dataset.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+
+
+def _load_tfds(name, split, shuffle, seed, data_dir):
+    """`tfds.load` of `(image, label)` pairs with its info; one clear error when it fails."""
+    try:
+        import tensorflow as tf  # noqa: F401 - TFDS needs it; say so in the same message
+        import tensorflow_datasets as tfds
+    except ImportError as error:  # pragma: no cover - dependency message
+        raise ImportError(
+            "TFDS datasets need tensorflow and tensorflow-datasets: "
+            "pip install 'keras-mm[data,tensorflow]'."
+        ) from error
+    try:
+        return tfds.load(
+            name,
+            split=split,
+            as_supervised=True,
+            shuffle_files=shuffle,
+            data_dir=data_dir,
+            read_config=tfds.ReadConfig(shuffle_seed=seed),
+            with_info=True,
+        )
+    except Exception as error:  # unknown name, not downloaded, bad split, ...
+        first_line = (str(error).strip().splitlines() or [""])[0][:300].rstrip(".")
+        raise DatasetNotAvailableError(
+            f"Could not load the TFDS dataset {name!r} (split {split!r}, data_dir "
+            f"{data_dir or '~/tensorflow_datasets'}): {type(error).__name__}: {first_line}. "
+            f"TFDS downloads and prepares a dataset on first use; without internet access, "
+            f"prepare it elsewhere (`tfds build {name}`; ImageNet needs a manual download) "
+            "and point data_dir at it."
+        ) from error
 
 
 def _standard_imagenet_label_map(info):
