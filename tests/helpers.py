@@ -87,6 +87,35 @@ def write_tiny_t5_preset(path, captions, hidden_dim=16, seed=0):
     return str(path)
 
 
+def write_image_file(path, pixels):
+    """Writes uint8 pixels [H, W, C] (C = 1: grayscale, 3: RGB, 4: RGBA) as an image file
+    whose format follows the suffix (.png, .jpg, ...); makes the folders. Returns `path`."""
+    import os
+
+    from PIL import Image
+
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    pixels = np.asarray(pixels, np.uint8)
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(str(path))
+    return path
+
+
+def write_image_folder(path, images, labels=None, class_names=None):
+    """Writes images in [-1, 1] [N, H, W, C] as PNGs, `path/<class name>/00000.png` with
+    labels (class names default to the label's digits) or `path/00000.png` without, as
+    `keras_mm.datasets.load_image_folder` reads them. Returns `str(path)`."""
+    import os
+
+    pixels = np.round((np.clip(np.asarray(images), -1.0, 1.0) + 1.0) * 127.5)
+    for index, image in enumerate(pixels.astype(np.uint8)):
+        folder = str(path)
+        if labels is not None:
+            label = int(labels[index])
+            folder = os.path.join(folder, class_names[label] if class_names else f"{label:03d}")
+        write_image_file(os.path.join(folder, f"{index:05d}.png"), image)
+    return str(path)
+
+
 # ---------------------------------------------------------------------- the keras-mm CLI
 @contextlib.contextmanager
 def jax_compilation_cache(directory):

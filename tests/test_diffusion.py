@@ -5,9 +5,11 @@ import pytest
 from keras import ops
 
 from keras_mm import diffusion
+from keras_mm.backend import compile_with_variables
 from keras_mm.diffusion import CosineSchedule
 from keras_mm.models import DiffusionModel
 from tests.helpers import GaussianPosteriorMean
+from tests.testing import run_serialization_test
 
 
 def np_(x):
@@ -38,6 +40,23 @@ def test_resolution_shift():
     np.testing.assert_allclose(np_(shifted.t_from_logsnr(shifted.logsnr(t))), t, atol=1e-5)
     with pytest.raises(ValueError, match="image_size"):
         CosineSchedule(image_size=0)
+
+
+def test_schedule_serialization_and_compiled_calls_keep_the_values():
+    schedule = CosineSchedule(image_size=8, base_resolution=32, logsnr_min=-10.0, logsnr_max=12.0)
+    t = np.array([0.0, 0.3, 1.0], "float32")
+    logsnr = np_(schedule.logsnr(t))
+    np.testing.assert_allclose(logsnr[[0, -1]], [12.0 + schedule.shift, -10.0 + schedule.shift],
+                               atol=1e-4)
+    for revived in run_serialization_test(schedule):
+        assert revived.shift == pytest.approx(2 * math.log(32 / 8))
+        np.testing.assert_allclose(np_(revived.logsnr(t)), logsnr, atol=1e-6)
+    compiled = compile_with_variables(
+        lambda t: (schedule.logsnr(t), schedule.t_from_logsnr(schedule.logsnr(t))), []
+    )
+    compiled_logsnr, round_trip = compiled(ops.convert_to_tensor(t))
+    np.testing.assert_allclose(np_(compiled_logsnr), logsnr, atol=1e-5)
+    np.testing.assert_allclose(np_(round_trip), t, atol=1e-5)
 
 
 def test_posterior_matches_equation_2():

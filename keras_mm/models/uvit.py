@@ -312,8 +312,10 @@ class UViT(keras.Model):
                 initializer=keras.initializers.RandomNormal(stddev=0.02),
                 name="position_embedding",
             )
-        # Tracing the call on symbolic inputs builds every sublayer.
-        keras.src.backend.compute_output_spec(self.call, symbolic)
+        # Tracing the call on symbolic inputs builds every sublayer. The base class's
+        # compute_output_spec traces `call` (this class overrides it with a cheap version);
+        # the public way to reach Keras's symbolic tracing.
+        super().compute_output_spec(symbolic)
         self.built = True
 
     def call(self, inputs, training=None):
