@@ -16,7 +16,7 @@ FILE_SOURCES = ("image_folder", "npz")  # the user's own images, read from data.
 
 
 def training_stream(config, batch_size, seed, captions=None):
-    """Endless training batches: `(images, labels)`, images for unconditional configs, or
+    """Endless training batches: `(images, labels)`, `(images,)` for unconditional configs, or
     `{"images", "text_embeddings", "text_mask"}` for captions (`captions`: a CaptionData)."""
     from keras_mm import datasets
 
@@ -26,11 +26,10 @@ def training_stream(config, batch_size, seed, captions=None):
     conditional = data["num_classes"] is not None
     if data["source"] in ("digits", *FILE_SOURCES):
         images, labels = in_memory_images(config)
-        try:
-            return datasets.infinite_batches(images, labels if conditional else None,
-                                             batch_size=batch_size, seed=seed)
-        except ValueError as error:
-            raise ConfigError(f"{error} (the batch size of data.path's images)") from None
+        batches = datasets.infinite_batches(images, labels if conditional else None,
+                                            batch_size=batch_size, seed=seed)
+        # Keras takes a generator's batches as tuples: `(images,)` when unconditional.
+        return batches if conditional else ((images,) for images in batches)
     try:
         dataset = datasets.tfds_image_dataset(
             data["name"], split=data["split"], image_size=data["image_shape"][0],
