@@ -18,7 +18,7 @@ import numpy as np
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from keras_mm.metrics.digits_features import (
+from keras_mm.metrics.extractors.digits_features import (
     DIGITS_WEIGHTS_PATH,
     DigitsFeatures,
     build_digits_classifier,

@@ -1,3 +1,4 @@
+import json
 import os
 
 import keras
@@ -115,21 +116,68 @@ def test_fid_callback_saves_best_weights(tmp_path, reference_stats, training_dat
     # The in-`fit` evaluation read the trained weights (on JAX, after a state sync).
     assert fid.evaluate(model)["fid"] == pytest.approx(fids[-1], rel=1e-5)
 
-    # A resumed run (a new callback, same save_best_to) keeps the best FID: a worse model's
-    # FID (all-zero weights: every sample the same grey image) must not overwrite the best
-    # weights.
-    worse = tiny_generator(learning_rate=0.0)
-    worse.set_weights([np.zeros_like(w) for w in worse.get_weights()])
-    resumed = callbacks.FIDCallback(
-        reference_stats=reference_stats, num_samples=200, batch_size=100,
-        save_best_to=path, verbose=0,
-    )
-    worse.fit(*training_data, batch_size=16, epochs=1, callbacks=[resumed], verbose=0)
-    assert resumed.evaluations[0]["fid"] > min(fids)
-    assert resumed.best_fid == pytest.approx(min(fids)) and resumed.best_epoch == best + 1
-    restored.load_weights(path)
-    for saved, expected in zip(restored.get_weights(), snapshots[best]):
-        np.testing.assert_allclose(saved, expected)
+
+def saved_weights(path):
+    model = tiny_generator(learning_rate=0.0)
+    model.load_weights(path)
+    return model.get_weights()
+
+
+def zero_weights(model):
+    model.set_weights([np.zeros_like(w) for w in model.get_weights()])
+
+
+def test_fid_callback_one_best_record_kept_on_resume_replaced_by_a_fresh_run(
+    tmp_path, reference_stats, training_data
+):
+    path = str(tmp_path / "best" / "student.weights.h5")
+    backup = str(tmp_path / "backup")
+
+    def fid_callback():
+        return callbacks.FIDCallback(reference_stats=reference_stats, num_samples=200,
+                                     batch_size=100, save_best_to=path, verbose=0)
+
+    # Run 1: 3 epochs of 4 steps, with the backup a run killed after epoch 3 leaves behind.
+    first = fid_callback()
+    model = tiny_generator(learning_rate=0.5)
+    model.fit(*training_data, batch_size=16, epochs=3, verbose=0, callbacks=[
+        first, keras.callbacks.BackupAndRestore(backup, delete_checkpoint=False)])
+    best = saved_weights(path)
+    assert sorted(os.listdir(tmp_path / "best")) == ["student.best.json", "student.weights.h5"]
+
+    # Run 2 resumes from the backup (optimizer iteration 12; the FIDCallback comes before
+    # BackupAndRestore in the list), and its weights are made worse after the restore (all
+    # zero, learning rate 0: every sample the same grey image). Its worse FID must not
+    # overwrite the best weights.
+    resumed = fid_callback()
+    worse = tiny_generator(learning_rate=0.5)
+
+    def sabotage(logs):
+        zero_weights(worse)
+        worse.optimizer.learning_rate = 0.0
+
+    worse.fit(*training_data, batch_size=16, epochs=4, verbose=0, callbacks=[
+        resumed, keras.callbacks.BackupAndRestore(backup),
+        keras.callbacks.LambdaCallback(on_train_begin=sabotage)])
+    assert [entry["step"] for entry in resumed.evaluations] == [16]
+    assert resumed.evaluations[0]["fid"] > first.best_fid
+    assert (resumed.best_fid, resumed.best_step) == (first.best_fid, first.best_step)
+    for saved, expected in zip(saved_weights(path), best):
+        np.testing.assert_array_equal(saved, expected)
+
+    # Run 3 starts fresh (iteration 0) in the same place, as `keras-mm distill --overwrite`
+    # does: the old record, with a better FID, is not trusted, and this run's best is saved.
+    fresh = fid_callback()
+    grey = tiny_generator(learning_rate=0.0)
+    zero_weights(grey)
+    grey.fit(*training_data, batch_size=16, epochs=1, callbacks=[fresh], verbose=0)
+    assert fresh.best_fid == fresh.evaluations[0]["fid"] > first.best_fid
+    with open(fresh.best_record_path) as file:
+        record = json.load(file)
+    assert record == {"best_fid": fresh.best_fid, "best_epoch": 1, "best_step": 4,
+                      "feature_extractor": "digits", "num_samples": 200, "num_steps": None}
+    assert sorted(os.listdir(tmp_path / "best")) == ["student.best.json", "student.weights.h5"]
+    assert all(np.all(weights == 0) for weights in saved_weights(path))
 
 
 def test_fid_callback_every_n_steps_with_labels_and_extra_metrics(digits, training_data):
@@ -151,7 +199,7 @@ def test_fid_callback_every_n_steps_with_labels_and_extra_metrics(digits, traini
     for key in ["kid", "kid_std", "precision", "recall", "inception_score", "class_accuracy"]:
         assert len(history.history[key]) == 2
     assert 0.0 <= history.history["class_accuracy"][-1] <= 1.0
-    assert fid.reference_stats.count == len(digits)
+    assert fid.evaluator.reference_stats.count == len(digits)
 
 
 def test_fid_callback_argument_errors(reference_stats):

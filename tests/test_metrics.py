@@ -1,3 +1,5 @@
+import ast
+import pathlib
 import time
 
 import keras
@@ -157,7 +159,7 @@ def test_kernel_inception_distance_same_distribution_and_shift():
 
 
 def test_unbiased_mmd2_matches_direct_sum():
-    from keras_mm.metrics.kernel_inception_distance import polynomial_kernel, unbiased_mmd2
+    from keras_mm.metrics.functional import polynomial_kernel, unbiased_mmd2
 
     rng = np.random.default_rng(5)
     x, y = rng.normal(size=(5, 3)), rng.normal(size=(4, 3))
@@ -278,7 +280,7 @@ class RealDigitsSampler:
         self.images, self.labels, self.noise, self.seeds = images, labels, noise, []
 
     def sample(self, labels, num_steps, sampler, seed):
-        self.seeds.append((seed, num_steps, sampler))
+        self.seeds.append((seed, len(labels), num_steps, sampler))
         rng = np.random.default_rng(seed)
         if self.noise:
             return rng.normal(size=(len(labels), 8, 8, 1)).astype("float32")
@@ -293,9 +295,11 @@ def test_sample_and_score_perfect_sampler_and_noise(digits, digits_features):
     samples, scores = metrics.sample_and_score(perfect, wanted, 8, images, digits_features,
                                                sampler="ddim", seed=5, chunk_size=250)
     assert samples.shape == (600, 8, 8, 1)
-    assert perfect.seeds == [(5, 8, "ddim"), (6, 8, "ddim")]  # two chunks, seed + i
+    # Chunks of chunk_size, chunk i with seed + i.
+    assert perfect.seeds == [(5, 250, 8, "ddim"), (6, 250, 8, "ddim"), (7, 100, 8, "ddim")]
     assert scores["accuracy"] >= 0.97  # real digits of the asked class
     assert scores["precision"] > 0.9 and scores["recall"] > 0.5
+    assert scores["seconds"] >= 0
     _, noise_scores = metrics.sample_and_score(RealDigitsSampler(images, labels, noise=True),
                                                wanted, 8, images, digits_features)
     assert scores["fd"] < 0.05 * noise_scores["fd"]
@@ -305,3 +309,45 @@ def test_sample_and_score_perfect_sampler_and_noise(digits, digits_features):
                                                    sampler="ddim", seed=5, chunk_size=250)
     np.testing.assert_array_equal(again, samples)
     assert scores_again["fd"] == scores["fd"]
+
+
+def module_imports(path):
+    """The keras_mm modules that the module at `path` imports at its top level."""
+    imported = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("keras_mm"):
+            imported.add(node.module)
+        elif isinstance(node, ast.Import):
+            imported.update(alias.name for alias in node.names if alias.name.startswith("keras_mm"))
+    return imported
+
+
+def test_metrics_modules_import_without_a_circle():
+    package = pathlib.Path(metrics.__file__).parent
+    graph = {}
+    for path in package.rglob("*.py"):
+        name = ".".join(("keras_mm", "metrics") + path.relative_to(package).with_suffix("").parts)
+        graph[name.removesuffix(".__init__")] = module_imports(path)
+    # The formulas and statistics work on arrays: they import nothing of keras_mm.
+    assert graph["keras_mm.metrics.functional"] == set()
+    assert graph["keras_mm.metrics.feature_statistics"] == set()
+    # Extractors depend on the base class only; the registry imports no extractor module.
+    assert graph["keras_mm.metrics.extractors"] == set()
+    for name in ("digits_features", "color_layout_features", "inception_features"):
+        assert graph[f"keras_mm.metrics.extractors.{name}"] == {
+            "keras_mm.metrics.feature_extractor"}
+
+    def visit(name, path):  # depth-first search for a cycle through submodules
+        assert name not in path, f"import circle: {' -> '.join(path + [name])}"
+        for child in graph.get(name, ()):
+            if child != "keras_mm.metrics":  # the package's __init__ imports the rest
+                visit(child, path + [name])
+
+    for name in graph:
+        if name != "keras_mm.metrics":
+            visit(name, [])
+    registry = metrics.extractors.FEATURE_EXTRACTORS
+    assert sorted(registry) == ["color_layout", "digits", "inception_v3"]
+    assert metrics.get_feature_extractor("color_layout").name == "color_layout"
+    with pytest.raises(ValueError, match="Unknown feature extractor 'nope'"):
+        metrics.get_feature_extractor("nope")

@@ -3,7 +3,7 @@
 import numpy as np
 from keras import ops
 
-from keras_mm.metrics.feature_extractor import get_feature_extractor
+from keras_mm.metrics.extractors import get_feature_extractor
 
 
 class ClassAccuracy:

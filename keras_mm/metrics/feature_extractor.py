@@ -1,4 +1,7 @@
-"""Base class of the feature networks that sample-quality metrics run images through."""
+"""Base class of the feature networks that sample-quality metrics run images through.
+
+The built-in extractors and their registry by name live in `keras_mm.metrics.extractors`.
+"""
 
 import numpy as np
 from keras import ops
@@ -111,31 +114,7 @@ class FeatureExtractor:
         if not self.has_classifier:
             raise ValueError(
                 f"`{what}` needs a classifier head, but feature extractor {self.name!r} has "
-                "none. Use an extractor with a head, e.g. `DigitsFeatures()` or "
-                "`InceptionFeatures(classifier_head=True)`."
+                "none. Use an extractor with a head, e.g. `DigitsFeatures()`, "
+                "`FIDInceptionFeatures()` or `InceptionFeatures(classifier_head=True)`."
             )
 
-
-def get_feature_extractor(identifier, **kwargs):
-    """Returns a feature extractor from a name (`"digits"`, `"inception_v3"`,
-    `"color_layout"`) or an instance.
-
-    Args:
-        identifier: a `FeatureExtractor` or other callable with a `.name` (returned as
-            is), or the name of a built-in one.
-        **kwargs: passed to the built-in extractor's constructor.
-    """
-    if not isinstance(identifier, str):
-        return identifier
-    from keras_mm.metrics.color_layout_features import ColorLayoutFeatures
-    from keras_mm.metrics.digits_features import DigitsFeatures
-    from keras_mm.metrics.inception_features import InceptionFeatures
-
-    extractors = {"digits": DigitsFeatures, "inception_v3": InceptionFeatures,
-                  "color_layout": ColorLayoutFeatures}
-    if identifier not in extractors:
-        raise ValueError(
-            f"Unknown feature extractor {identifier!r}; expected one of {sorted(extractors)} "
-            "or a `keras_mm.metrics.FeatureExtractor` instance."
-        )
-    return extractors[identifier](**kwargs)

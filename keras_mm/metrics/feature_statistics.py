@@ -177,3 +177,14 @@ def iterate_image_batches(images, batch_size=None):
         elif isinstance(batch, dict):
             batch = batch["images"]
         yield ops.convert_to_numpy(batch)
+
+
+def check_same_feature_space(stats, extractor_name):
+    """Raises when `stats` were computed by another feature extractor than `extractor_name`."""
+    stats_name = stats.feature_extractor_name
+    if stats_name and extractor_name and stats_name != extractor_name:
+        raise ValueError(
+            f"The reference statistics were computed with feature extractor {stats_name!r}, "
+            f"but the metric uses {extractor_name!r}. Distances across feature spaces are "
+            "meaningless; recompute the reference statistics with the same extractor."
+        )

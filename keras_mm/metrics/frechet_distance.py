@@ -1,69 +1,10 @@
-"""Fréchet distance between two feature distributions (FID with Inception features)."""
+"""Streaming Fréchet distance between real and generated features (FID with Inception)."""
 
 import os
 
-import numpy as np
-
-from keras_mm.metrics.feature_extractor import get_feature_extractor
-from keras_mm.metrics.feature_statistics import FeatureStatistics
-
-
-def frechet_distance(mean1, covariance1, mean2, covariance2):
-    """Fréchet distance between N(mean1, covariance1) and N(mean2, covariance2).
-
-    d² = ‖μ₁ − μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁ Σ₂)^½)   (Heusel et al. 2017, eq. 6; Dowson &
-    Landau 1982).
-
-    Tr((Σ₁Σ₂)^½) is the sum of the square roots of the eigenvalues of Σ₁Σ₂, which are those
-    of the symmetric positive semi-definite Σ₁^½ Σ₂ Σ₁^½. Both square roots are taken by
-    symmetric eigendecomposition with round-off negatives clipped to zero, so the result is
-    real and stays accurate for singular or ill-conditioned covariances (fewer samples than
-    feature dimensions), where `scipy.linalg.sqrtm(Σ₁ @ Σ₂)` leaves complex parts or fails.
-
-    Args:
-        mean1, mean2: feature means, shape [F].
-        covariance1, covariance2: feature covariances, shape [F, F].
-
-    Returns:
-        A Python float >= 0.
-
-    Example:
-
-    ```python
-    d = keras_mm.metrics.frechet_distance(np.zeros(2), np.eye(2), np.ones(2), np.eye(2))
-    # 2.0
-    ```
-    """
-    mean1, mean2 = np.asarray(mean1, "float64"), np.asarray(mean2, "float64")
-    covariance1 = np.asarray(covariance1, "float64")
-    covariance2 = np.asarray(covariance2, "float64")
-    num_features = mean1.shape[-1]
-    shapes = (mean1.shape, mean2.shape, covariance1.shape, covariance2.shape)
-    if shapes != ((num_features,),) * 2 + ((num_features, num_features),) * 2:
-        raise ValueError(
-            "Means must have shape [F] and covariances [F, F] with one F; got mean shapes "
-            f"{mean1.shape} and {mean2.shape}, covariance shapes {covariance1.shape} and "
-            f"{covariance2.shape}. Were the two statistics computed by different feature "
-            "extractors?"
-        )
-    sqrt_covariance1 = _psd_sqrt(covariance1)
-    product = sqrt_covariance1 @ covariance2 @ sqrt_covariance1
-    eigenvalues = np.linalg.eigvalsh((product + product.T) / 2)
-    trace_sqrt_product = np.sum(np.sqrt(np.clip(eigenvalues, 0.0, None)))
-    distance = (
-        np.sum((mean1 - mean2) ** 2)
-        + np.trace(covariance1)
-        + np.trace(covariance2)
-        - 2.0 * trace_sqrt_product
-    )
-    # Round-off can take a zero distance slightly below 0.
-    return float(max(distance, 0.0))
-
-
-def _psd_sqrt(matrix):
-    """Symmetric square root of a positive semi-definite matrix."""
-    eigenvalues, eigenvectors = np.linalg.eigh((matrix + matrix.T) / 2)
-    return (eigenvectors * np.sqrt(np.clip(eigenvalues, 0.0, None))) @ eigenvectors.T
+from keras_mm.metrics.extractors import get_feature_extractor
+from keras_mm.metrics.feature_statistics import FeatureStatistics, check_same_feature_space
+from keras_mm.metrics.functional import frechet_distance
 
 
 class FrechetDistance:
@@ -160,14 +101,3 @@ class FrechetDistance:
         if self.feature_extractor is None:
             return inputs
         return self.feature_extractor(inputs)
-
-
-def check_same_feature_space(stats, extractor_name):
-    """Raises when `stats` were computed by another feature extractor than `extractor_name`."""
-    stats_name = stats.feature_extractor_name
-    if stats_name and extractor_name and stats_name != extractor_name:
-        raise ValueError(
-            f"The reference statistics were computed with feature extractor {stats_name!r}, "
-            f"but the metric uses {extractor_name!r}. Distances across feature spaces are "
-            "meaningless; recompute the reference statistics with the same extractor."
-        )

@@ -1,48 +1,10 @@
-"""Inception Score: exp E_x KL(p(y|x) ‖ p(y)) from a classifier's logits."""
+"""Streaming Inception Score: exp E_x KL(p(y|x) ‖ p(y)) from a classifier's logits."""
 
 import numpy as np
 from keras import ops
-from scipy.special import log_softmax
 
-from keras_mm.metrics.feature_extractor import get_feature_extractor
-
-
-def inception_score(logits, num_splits=10):
-    """Inception Score of generated samples from their classifier logits.
-
-    IS = exp(E_x KL(p(y|x) ‖ p(y))), with p(y) the mean of p(y|x) over the split
-    (Salimans et al. 2016), computed on `num_splits` equal splits.
-
-    Args:
-        logits: [N, K] classifier logits (unnormalized log-probabilities) of the samples.
-        num_splits: number of splits; the score is averaged over them.
-
-    Returns:
-        `(score, score_std)`: mean and standard deviation over splits. The score lies in
-        [1, K]; it is high when each sample is classified confidently and the classes are
-        diverse.
-
-    Example:
-
-    ```python
-    score, score_std = keras_mm.metrics.inception_score(logits, num_splits=10)
-    ```
-    """
-    logits = np.asarray(logits, "float64")
-    if logits.ndim != 2:
-        raise ValueError(f"Logits must have shape [N, num_classes], got {logits.shape}.")
-    if len(logits) < num_splits:
-        raise ValueError(
-            f"Inception Score with {num_splits} splits needs at least {num_splits} samples, got "
-            f"{len(logits)}. Lower `num_splits` or add samples."
-        )
-    log_probs = log_softmax(logits, axis=-1)
-    scores = []
-    for split in np.array_split(log_probs, num_splits):
-        log_marginal = np.log(np.mean(np.exp(split), axis=0))
-        kl = np.sum(np.exp(split) * (split - log_marginal), axis=-1)
-        scores.append(np.exp(np.mean(kl)))
-    return float(np.mean(scores)), float(np.std(scores))
+from keras_mm.metrics.extractors import get_feature_extractor
+from keras_mm.metrics.functional import inception_score
 
 
 class InceptionScore:
@@ -77,7 +39,7 @@ class InceptionScore:
             raise ValueError(
                 f"InceptionScore needs a classifier head, but feature extractor "
                 f"{self.feature_extractor.name!r} has none. Use e.g. "
-                "`InceptionFeatures(classifier_head=True)`."
+                "`FIDInceptionFeatures()` or `InceptionFeatures(classifier_head=True)`."
             )
         self.num_splits = num_splits
         self.name = name

@@ -1,87 +1,10 @@
-"""Kernel Inception Distance: unbiased MMD² with a cubic polynomial kernel, over subsets."""
+"""Streaming Kernel Inception Distance: unbiased MMD² with a cubic kernel, over subsets."""
 
 import numpy as np
 from keras import ops
 
-from keras_mm.metrics.feature_extractor import get_feature_extractor
-
-
-def polynomial_kernel(features1, features2, degree=3, coef0=1.0):
-    """k(x, y) = (x·y / F + coef0)^degree, the KID kernel (Bińkowski et al. 2018)."""
-    return (features1 @ features2.T / features1.shape[1] + coef0) ** degree
-
-
-def unbiased_mmd2(real_features, generated_features, degree=3, coef0=1.0):
-    """Unbiased estimate of MMD² between two samples under `polynomial_kernel`.
-
-    MMD²ᵤ = Σ_{i≠j} k(xᵢ, xⱼ) / (m(m−1)) + Σ_{i≠j} k(yᵢ, yⱼ) / (n(n−1)) − 2 Σ_{i,j} k(xᵢ, yⱼ) / (mn)
-    (Gretton et al. 2012, eq. 3). Its expectation is zero when both samples come from one
-    distribution, so it can be negative.
-    """
-    m, n = len(real_features), len(generated_features)
-    k_xx = polynomial_kernel(real_features, real_features, degree, coef0)
-    k_yy = polynomial_kernel(generated_features, generated_features, degree, coef0)
-    k_xy = polynomial_kernel(real_features, generated_features, degree, coef0)
-    return (
-        (k_xx.sum() - np.trace(k_xx)) / (m * (m - 1))
-        + (k_yy.sum() - np.trace(k_yy)) / (n * (n - 1))
-        - 2.0 * k_xy.sum() / (m * n)
-    )
-
-
-def kernel_inception_distance(
-    real_features, generated_features, num_subsets=100, subset_size=1000, seed=0
-):
-    """KID: mean and standard deviation of `unbiased_mmd2` over random subsets.
-
-    Each of `num_subsets` subsets draws `subset_size` real and `subset_size` generated
-    feature vectors without replacement (fewer when a side has fewer samples), as in
-    Bińkowski et al. 2018.
-
-    Args:
-        real_features: [M, F] features of real data.
-        generated_features: [N, F] features of generated data.
-        num_subsets: number of subsets averaged.
-        subset_size: samples per side in a subset.
-        seed: seed of the subset draws, so that repeated evaluations are comparable.
-
-    Returns:
-        `(kid, kid_std)`: the mean over subsets and the standard deviation of the subset
-        estimates.
-
-    Example:
-
-    ```python
-    kid, kid_std = keras_mm.metrics.kernel_inception_distance(real, generated)
-    ```
-    """
-    real_features = np.asarray(real_features, "float64")
-    generated_features = np.asarray(generated_features, "float64")
-    if real_features.ndim != 2 or generated_features.ndim != 2:
-        raise ValueError(
-            f"Features must have shape [N, F]; got {real_features.shape} and "
-            f"{generated_features.shape}."
-        )
-    if real_features.shape[1] != generated_features.shape[1]:
-        raise ValueError(
-            f"Real features have {real_features.shape[1]} dimensions but generated ones "
-            f"{generated_features.shape[1]}; use the same feature extractor."
-        )
-    size = min(subset_size, len(real_features), len(generated_features))
-    if size < 2:
-        raise ValueError(
-            f"KID needs at least 2 samples per side; got {len(real_features)} real and "
-            f"{len(generated_features)} generated."
-        )
-    rng = np.random.default_rng(seed)
-    estimates = [
-        unbiased_mmd2(
-            real_features[rng.choice(len(real_features), size, replace=False)],
-            generated_features[rng.choice(len(generated_features), size, replace=False)],
-        )
-        for _ in range(num_subsets)
-    ]
-    return float(np.mean(estimates)), float(np.std(estimates))
+from keras_mm.metrics.extractors import get_feature_extractor
+from keras_mm.metrics.functional import kernel_inception_distance
 
 
 class KernelInceptionDistance:

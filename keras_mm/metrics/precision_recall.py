@@ -1,84 +1,10 @@
-"""Improved precision and recall: k-NN manifolds of real and generated features."""
+"""Streaming improved precision and recall: k-NN manifolds of real and generated features."""
 
 import numpy as np
 from keras import ops
 
-from keras_mm.metrics.feature_extractor import get_feature_extractor
-
-
-def _squared_distances(features1, features2):
-    squared = (
-        np.sum(features1**2, axis=1)[:, None]
-        + np.sum(features2**2, axis=1)[None, :]
-        - 2.0 * features1 @ features2.T
-    )
-    return np.clip(squared, 0.0, None)
-
-
-def _knn_radii(features, k, chunk_size):
-    """Squared distance from each point to its k-th nearest other point."""
-    radii = np.empty(len(features))
-    for start in range(0, len(features), chunk_size):
-        distances = _squared_distances(features[start : start + chunk_size], features)
-        # Index k of the sorted row skips the point itself (distance 0 at index 0).
-        radii[start : start + chunk_size] = np.partition(distances, k, axis=1)[:, k]
-    return radii
-
-
-def _fraction_inside(queries, manifold, manifold_radii, chunk_size):
-    """Fraction of `queries` inside some ball (manifold point, its k-NN radius)."""
-    inside = np.empty(len(queries), dtype=bool)
-    for start in range(0, len(queries), chunk_size):
-        distances = _squared_distances(queries[start : start + chunk_size], manifold)
-        inside[start : start + chunk_size] = np.any(distances <= manifold_radii[None, :], axis=1)
-    return float(np.mean(inside))
-
-
-def precision_recall(real_features, generated_features, k=3, chunk_size=1024):
-    """Improved precision and recall of generated samples (Kynkäänniemi et al. 2019).
-
-    Each set's manifold is the union of balls around its points, each ball reaching the
-    point's k-th nearest neighbour in the same set. Precision is the fraction of generated
-    samples inside the real manifold (quality); recall is the fraction of real samples
-    inside the generated manifold (coverage).
-
-    Args:
-        real_features: [M, F] features of real data.
-        generated_features: [N, F] features of generated data.
-        k: the neighbour that sets each ball's radius (3 in the paper).
-        chunk_size: rows of the pairwise-distance matrix computed at once (memory).
-
-    Returns:
-        `(precision, recall)`, each in [0, 1].
-
-    Example:
-
-    ```python
-    precision, recall = keras_mm.metrics.precision_recall(real_features, generated_features)
-    ```
-    """
-    real_features = np.asarray(real_features, "float64")
-    generated_features = np.asarray(generated_features, "float64")
-    if real_features.ndim != 2 or generated_features.ndim != 2:
-        raise ValueError(
-            f"Features must have shape [N, F]; got {real_features.shape} and "
-            f"{generated_features.shape}."
-        )
-    if real_features.shape[1] != generated_features.shape[1]:
-        raise ValueError(
-            f"Real features have {real_features.shape[1]} dimensions but generated ones "
-            f"{generated_features.shape[1]}; use the same feature extractor."
-        )
-    if min(len(real_features), len(generated_features)) <= k:
-        raise ValueError(
-            f"Precision/recall with k={k} needs more than {k} samples per side; got "
-            f"{len(real_features)} real and {len(generated_features)} generated."
-        )
-    real_radii = _knn_radii(real_features, k, chunk_size)
-    generated_radii = _knn_radii(generated_features, k, chunk_size)
-    precision = _fraction_inside(generated_features, real_features, real_radii, chunk_size)
-    recall = _fraction_inside(real_features, generated_features, generated_radii, chunk_size)
-    return precision, recall
+from keras_mm.metrics.extractors import get_feature_extractor
+from keras_mm.metrics.functional import precision_recall
 
 
 class PrecisionRecall:

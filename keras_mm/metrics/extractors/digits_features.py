@@ -8,7 +8,7 @@ import numpy as np
 from keras_mm.metrics.feature_extractor import FeatureExtractor
 
 DIGITS_WEIGHTS_PATH = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
     "assets",
     "digits_classifier.npz",
 )
