@@ -10,10 +10,10 @@ import dataclasses
 import typing
 
 from keras_mm.configs.errors import ConfigError
+from keras_mm.metrics.extractors import FEATURE_EXTRACTORS
 
 # The paper's distillation optimizer (Appendix B); `distill.adam`.
 PAPER_ADAM = {"beta_1": 0.0, "beta_2": 0.99, "epsilon": 1e-12, "global_clipnorm": 1.0}
-FEATURE_EXTRACTORS = ("digits", "inception_v3", "color_layout")
 
 
 def option(default, help, choices=None, minimum=None):
@@ -218,7 +218,8 @@ class EvalConfig(Section):
         "inception_v3", '"digits" (shipped DigitsFeatures, for 8x8 digits), "inception_v3" '
         '(InceptionFeatures, images of 75+ pixels) or "color_layout" (ColorLayoutFeatures, '
         "mean colours of the image quadrants: for tiny colour images such as the 8x8 "
-        "captioned shapes)", choices=FEATURE_EXTRACTORS)
+        'captioned shapes) or "fid_inception" (pytorch-fid\'s Inception, FIDs comparable '
+        "with papers; needs its converted weights)", choices=tuple(FEATURE_EXTRACTORS))
     inception_weights: str | None = option(
         "imagenet", '"imagenet" (downloaded by Keras), a weights file, or null (random: for '
         "tests only)")
