@@ -29,7 +29,7 @@ Run: OMP_NUM_THREADS=1 KERAS_BACKEND=torch python examples/text_to_image.py
 The same run through the command line: `keras-mm train-teacher --config text2image_toy
 --set data.text_encoder=runs/text_to_image/t5_tiny_preset --set model.uvit.text_dim=64
 --run-dir runs/t2i_teacher`, then `distill`, `evaluate`, `export` and `sample --captions`
-(see `keras-mm --help` and keras_mm/cli.py).
+(see `keras-mm --help` and keras_mm/cli/__init__.py).
 
 At real scale (the paper's 512x512 model), change:
     - the encoder: `TextEncoder.from_preset("t5_1.1_xxl", sequence_length=128,

@@ -8,6 +8,7 @@ from keras_mm import (  # noqa: F401
     distribution,
     images,
     metrics,
+    training,
 )
 from keras_mm.callbacks import FIDCallback, SampleGridCallback  # noqa: F401
 from keras_mm.diffusion import CosineSchedule, EDMSchedule, FlowMatchingSchedule  # noqa: F401

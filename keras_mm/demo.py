@@ -17,12 +17,10 @@ import time
 import keras
 import numpy as np
 
-import keras_mm
-from keras_mm import metrics
+from keras_mm import configs, metrics, training
 from keras_mm.callbacks import FIDCallback
 from keras_mm.datasets import infinite_batches, load_digits
 from keras_mm.images import save_image_grid
-from keras_mm.models.uvit import UViT
 
 
 def parse_args(argv=None):
@@ -42,6 +40,18 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def demo_config(args, steps_per_epoch):
+    """The "digits" config (`keras-mm --config digits`) with the demo's options."""
+    return configs.apply_overrides(configs.get_config("digits"), [
+        f"teacher.steps={args.teacher_epochs * steps_per_epoch}",
+        f"teacher.seed={args.seed}",
+        f"distill.steps={args.distill_steps}",
+        f"distill.learning_rate={args.learning_rate}",
+        f"distill.warmup_steps={min(100, args.distill_steps // 10)}",
+        f"distill.seed={args.seed}",
+    ])
+
+
 def main(argv=None):
     args = parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
@@ -50,22 +60,19 @@ def main(argv=None):
     features = metrics.DigitsFeatures()
     eval_labels = np.arange(args.num_samples) % 10
 
+    steps_per_epoch = len(images) // 128
+    config = demo_config(args, steps_per_epoch)
+
     print(f"[1/3] Teacher: UViT 'uvit_digits' on {len(images)} digits, backend "
           f"{keras.backend.backend()}")
-    teacher = keras_mm.DiffusionModel(UViT.from_preset("uvit_digits"), seed=args.seed)
-    teacher.compile()
+    teacher = training.build_teacher(config)
     start = time.time()
-    steps_per_epoch = len(images) // 128
     teacher.fit(infinite_batches(images, labels, batch_size=128, seed=args.seed),
                 steps_per_epoch=steps_per_epoch, epochs=args.teacher_epochs, verbose=2)
     teacher_minutes = (time.time() - start) / 60
 
     print(f"[2/3] Distilling an 8-step student (alternating, {args.distill_steps} steps)")
-    distiller = keras_mm.MomentMatchingDistiller(
-        teacher, num_steps=8, method="alternating", weighting="flat", seed=args.seed)
-    distiller.compile(learning_rate=args.learning_rate,
-                      warmup_steps=min(100, args.distill_steps // 10),
-                      total_steps=args.distill_steps)
+    distiller = training.build_distiller(config, teacher)
     best_path = os.path.join(args.out, "student_best.weights.h5")
     fid = FIDCallback(reference_data=images, num_samples=500, every_n_steps=args.eval_every,
                       num_steps=8, seed=1234, labels=10, feature_extractor=features,

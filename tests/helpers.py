@@ -1,6 +1,10 @@
 """Small networks with closed-form behaviour, and a tiny local T5 preset, shared by the tests."""
 
+import contextlib
+import csv
 import io
+import json
+import os
 
 import keras
 import numpy as np
@@ -132,3 +136,62 @@ class GaussianDenoiser(keras.Model):
         if self.prediction_type == "flow":  # Cov(eps - x, z) = sigma - alpha var
             return -self.mean + (sigma - alpha * var) * residual
         return self.mean + alpha * var * residual
+
+
+# ---------------------------------------------------------------------- the keras-mm CLI
+@contextlib.contextmanager
+def jax_compilation_cache(directory):
+    """Each command builds fresh models, which JAX compiles again (the resumed teacher, the
+    evaluated generator's sampler); its persistent cache makes those repeats cheap."""
+    if keras.backend.backend() != "jax":
+        yield
+        return
+    import jax
+    from jax._src import compilation_cache
+
+    options = {"jax_compilation_cache_dir": str(directory),
+               "jax_persistent_cache_min_compile_time_secs": 0.0}
+    saved = {name: getattr(jax.config, name) for name in options}
+    for name, value in options.items():
+        jax.config.update(name, value)
+    compilation_cache.reset_cache()  # it is set up once per process otherwise
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            jax.config.update(name, value)
+        compilation_cache.reset_cache()
+
+
+def run_captured(argv):
+    """`keras_mm.cli.main(argv)` with its stdout, as `(exit code, stdout)`."""
+    from keras_mm.cli import main
+
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        code = main(argv)
+    return code, out.getvalue()
+
+
+def read_csv(path):
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def read_best_fid(run_dir):
+    """`(fid, step)` of the best FID that `keras-mm distill` kept in `run_dir` (the
+    FIDCallback record beside best_fid.weights.h5)."""
+    with open(os.path.join(run_dir, "best_fid.best.json")) as f:
+        record = json.load(f)
+    return record["best_fid"], record["best_step"]
+
+
+def config_network(config):
+    """The UViT arguments that a run config builds (`keras_mm.training.build_teacher`): its
+    preset, model.uvit, and the data's image shape and classes; tuples as lists."""
+    from keras_mm.models.uvit_presets import UVIT_PRESETS
+
+    arguments = dict(UVIT_PRESETS.get(config["model"]["uvit_preset"]) or {})
+    arguments.update(config["model"]["uvit"], image_shape=config["data"]["image_shape"],
+                     num_classes=config["data"]["num_classes"])
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in arguments.items()}

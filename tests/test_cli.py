@@ -6,9 +6,6 @@ evaluation samples; the tests then check each artifact. The teacher run is inter
 its first checkpoint and resumed, as a user's run would be.
 """
 
-import contextlib
-import csv
-import io
 import json
 import math
 import os
@@ -20,11 +17,18 @@ import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from keras_mm import cli, configs
+from keras_mm import cli, configs, training
 from keras_mm.cli import main
 from keras_mm.distillation import MomentMatchingDistiller
 from keras_mm.models.diffusion_model import DiffusionModel
 from keras_mm.models.uvit_presets import UVIT_PRESETS
+from tests.helpers import (
+    config_network,
+    jax_compilation_cache,
+    read_best_fid,
+    read_csv,
+    run_captured,
+)
 
 BACKEND = keras.backend.backend()
 OTHER_BACKEND = "torch" if BACKEND != "torch" else "jax"
@@ -76,15 +80,19 @@ def run(tmp_path_factory):
     return paths, results
 
 
-def distill_evaluate_export_sample(paths):
-    results = {}
+def distill_command(paths, *extra):
     teacher_path = os.path.join(paths["teacher_dir"], "teacher.keras")
-    results["distill"] = run_captured([
+    return [
         "distill", *TINY, *TRAINING, "--teacher", teacher_path,
         "--run-dir", paths["student_dir"], "--num-steps", str(NUM_STEPS),
         "--set", "distill.warmup_steps=1", "--set", "distill.fid_every=2",
-        "--set", "distill.sample_every=2",
-    ])  # fmt: skip
+        "--set", "distill.sample_every=2", *extra,
+    ]  # fmt: skip
+
+
+def distill_evaluate_export_sample(paths):
+    results = {}
+    results["distill"] = run_captured(distill_command(paths))
     generator_path = os.path.join(paths["student_dir"], "generator.keras")
     # No --config: evaluate takes the run's config.json, hence k = NUM_STEPS.
     results["evaluate"] = run_captured(["evaluate", "--model", generator_path,
@@ -94,43 +102,6 @@ def distill_evaluate_export_sample(paths):
     results["sample"] = run_captured(["sample", "--model", paths["savedmodel"], "--labels",
                                       "0,1,2,3,4,5", "--ncols", "3", "--out", paths["grid"]])
     return results
-
-
-@contextlib.contextmanager
-def jax_compilation_cache(directory):
-    """Each command builds fresh models, which JAX compiles again (the resumed teacher, the
-    evaluated generator's sampler); its persistent cache makes those repeats cheap."""
-    if BACKEND != "jax":
-        yield
-        return
-    import jax
-    from jax._src import compilation_cache
-
-    options = {"jax_compilation_cache_dir": str(directory),
-               "jax_persistent_cache_min_compile_time_secs": 0.0}
-    saved = {name: getattr(jax.config, name) for name in options}
-    for name, value in options.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()  # it is set up once per process otherwise
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            jax.config.update(name, value)
-        compilation_cache.reset_cache()
-
-
-def run_captured(argv):
-    """`main(argv)` with its stdout, as `(exit code, stdout)`."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        code = main(argv)
-    return code, out.getvalue()
-
-
-def read_csv(path):
-    with open(path) as f:
-        return list(csv.DictReader(f))
 
 
 def test_every_command_succeeds(run):
@@ -167,14 +138,14 @@ def test_distill_writes_distiller_generator_and_best_fid_weights(run):
     generator = keras.saving.load_model(os.path.join(student_dir, "generator.keras"))
     assert isinstance(generator, DiffusionModel) and generator.name == "generator"
     assert os.path.getsize(os.path.join(student_dir, "best_fid.weights.h5")) > 0
-    with open(os.path.join(student_dir, "best_fid.json")) as f:
-        best = json.load(f)
-    assert math.isfinite(best["fid"]) and best["step"] in (2, 4)
-    assert best["feature_extractor"] == "digits"
+    best_fid, best_step = read_best_fid(student_dir)
+    assert math.isfinite(best_fid) and best_step in (2, 4)
+    assert os.path.exists(os.path.join(student_dir, "reference_digits.npz"))
+    assert not os.path.exists(os.path.join(student_dir, "best_fid.json"))  # one record only
     rows = read_csv(os.path.join(student_dir, "log.csv"))
     assert len(rows) == 2
     assert {"generator_loss", "auxiliary_loss", "moment_gap", "fid"} <= set(rows[0])
-    assert min(float(row["fid"]) for row in rows) == pytest.approx(best["fid"])
+    assert min(float(row["fid"]) for row in rows) == pytest.approx(best_fid)
     for step in (2, 4):
         grid = Image.open(os.path.join(student_dir, "samples", f"distill_{step:07d}.png"))
         assert grid.size == (10 * 64 + 11, 2 * 64 + 3)
@@ -203,6 +174,32 @@ def test_export_and_sample_write_a_savedmodel_and_a_png(run):
     assert "Wrote 6 images" in results["sample"][1]
     grid = Image.open(paths["grid"])
     assert grid.size == (3 * 64 + 4, 2 * 64 + 3) and grid.mode == "L"
+
+
+def test_overwrite_starts_over_without_the_earlier_runs_best_fid(run):
+    """`distill --overwrite` clears everything the earlier run wrote: an earlier best FID
+    (here an unbeatable 0) must not stop the new run from saving its own best weights, and
+    generator.keras holds them."""
+    paths, _ = run
+    student_dir = paths["student_dir"]
+    record = os.path.join(student_dir, "best_fid.best.json")
+    with open(record) as f:
+        earlier = json.load(f)
+    with open(record, "w") as f:
+        json.dump({**earlier, "best_fid": 0.0}, f)
+    code, output = run_captured(distill_command(paths, "--overwrite"))
+    assert code == 0, output
+    best_fid, _ = read_best_fid(student_dir)
+    rows = read_csv(os.path.join(student_dir, "log.csv"))
+    assert len(rows) == 2  # the new run's rows only
+    assert best_fid > 0 and best_fid == pytest.approx(min(float(row["fid"]) for row in rows))
+    assert f"(best FID {best_fid:.4f}" in output
+    distiller = keras.saving.load_model(os.path.join(student_dir, "distiller.keras"))
+    distiller.load_weights(os.path.join(student_dir, "best_fid.weights.h5"))
+    generator = keras.saving.load_model(os.path.join(student_dir, "generator.keras"))
+    for saved, best in zip(generator.network.weights, distiller.generator.network.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(saved),
+                                      keras.ops.convert_to_numpy(best))
 
 
 def test_a_finished_run_is_not_overwritten(run, capsys):
@@ -244,11 +241,13 @@ def test_help_explains_every_option_and_config_key(capsys):
 @pytest.mark.parametrize("name", sorted(configs.CONFIGS))
 def test_presets_are_complete_and_consistent(name):
     config = configs.get_config(name)
-    configs.check_config(config)
-    uvit = dict(UVIT_PRESETS.get(config["model"]["uvit_preset"]) or {})
-    uvit.update(config["model"]["uvit"])
-    assert list(uvit["image_shape"]) == list(config["data"]["image_shape"])
-    assert uvit.get("num_classes") == config["data"]["num_classes"]
+    typed = configs.check_config(config)
+    assert typed.to_dict() == config  # every key, and back
+    # Every network is a named preset, stated for the data the config trains on.
+    preset = UVIT_PRESETS[config["model"]["uvit_preset"]]
+    assert list(preset["image_shape"]) == config["data"]["image_shape"]
+    assert preset.get("num_classes") == config["data"]["num_classes"]
+    assert config["model"]["uvit"] == {}
     distill = config["distill"]
     assert distill["steps"] % distill["checkpoint_every"] == 0
     assert distill["fid_every"] % distill["checkpoint_every"] == 0
@@ -279,7 +278,7 @@ def test_config_files_and_overrides(tmp_path, capsys):
                                       "data.image_shape=[16, 16, 3]"])
     assert config["distill"]["steps"] == 1000 and config["distill"]["batch_size"] == 2048
     assert config["model"]["uvit"]["base_channels"] == 64
-    assert config["model"]["uvit"]["transformer_depth"] == 8  # the rest of the preset's
+    assert config_network(config)["transformer_depth"] == 8  # the rest of the preset's
     assert config["distill"]["adam"]["beta_2"] == 0.9
     assert config["eval"]["inception_weights"] is None
     assert config["data"]["image_shape"] == [16, 16, 3]
@@ -317,7 +316,7 @@ def test_backend_option(monkeypatch):
     assert main(["--backend", BACKEND, "train-teacher", "--print-config"]) == 0
     # Another one: Keras is imported already, so the command re-runs in a fresh process.
     calls = []
-    monkeypatch.setattr(cli.subprocess, "call",
+    monkeypatch.setattr(cli.backend.subprocess, "call",
                         lambda command, env: calls.append((command, env)) or 0)
     argv = ["distill", "--backend", OTHER_BACKEND, "--print-config"]
     assert main(argv) == 0
@@ -354,9 +353,74 @@ def test_tfds_configs_stream_their_data(name):
         "eval.num_reference=6", "eval.batch_size=4", "data.shuffle_buffer=8"])
     height, width, channels = config["data"]["image_shape"]
     with tfds.testing.mock_data(num_examples=8):
-        images, labels = next(iter(cli.training_stream(config, batch_size=4, seed=0)))
-        reference = [batch[0] for batch in cli.reference_images(config)]
+        images, labels = next(iter(training.training_stream(config, batch_size=4, seed=0)))
+        reference = [batch[0] for batch in training.reference_images(config)]
     assert tuple(images.shape) == (4, height, width, channels)
     assert -1.0 <= float(np.min(images)) and float(np.max(images)) <= 1.0
     assert 0 <= int(np.min(labels)) and int(np.max(labels)) < config["data"]["num_classes"]
     assert [len(batch) for batch in reference] == [4, 2]
+
+
+# ---------------------------------------------------------------------- the user's own images
+OWN_IMAGES = [
+    "--set", "model.uvit_preset=uvit_tiny", "--set", "eval.teacher_num_steps=2",
+    "--set", "teacher.sample_every=0", "--set", "distill.sample_every=0",
+    "--set", "distill.fid_every=0", "--set", "distill.warmup_steps=1",
+    "--steps", "2", "--checkpoint-every", "2", "--batch-size", "8", "--verbose", "0",
+]  # fmt: skip
+
+
+def test_train_and_distill_on_an_image_folder_and_an_npz_file(tmp_path):
+    """PNGs in one subfolder per class (labels from the folder names, resized from 12x12),
+    and an unlabelled uint8 .npz: each trains a teacher and distills it through the CLI."""
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "images"
+    for name in ("circles", "squares"):
+        (folder / name).mkdir(parents=True)
+        for index in range(8):
+            pixels = rng.integers(0, 256, (12, 12), dtype=np.uint8)
+            Image.fromarray(pixels, mode="L").save(folder / name / f"{index}.png")
+    npz = tmp_path / "images.npz"
+    np.savez(npz, images=rng.integers(0, 256, (16, 8, 8, 1), dtype=np.uint8))
+    sources = {
+        "image_folder": [f"data.path={folder}", "data.num_classes=2"],
+        "npz": [f"data.path={npz}", "data.num_classes=null",
+                "eval.class_accuracy=false"],
+    }
+    for source, settings in sources.items():
+        options = [*OWN_IMAGES, "--set", f"data.source={source}"]
+        for setting in settings:
+            options += ["--set", setting]
+        teacher_dir, student_dir = tmp_path / f"{source}_teacher", tmp_path / f"{source}_student"
+        with jax_compilation_cache(tmp_path / "jax_cache"):
+            code, output = run_captured(["train-teacher", *options, "--run-dir", str(teacher_dir)])
+            assert code == 0, output
+            code, output = run_captured([
+                "distill", *options, "--teacher", str(teacher_dir / "teacher.keras"),
+                "--run-dir", str(student_dir), "--num-steps", "2"])  # fmt: skip
+            assert code == 0, output
+        teacher = keras.saving.load_model(teacher_dir / "teacher.keras")
+        assert teacher.num_classes == (2 if source == "image_folder" else None)
+        generator = keras.saving.load_model(student_dir / "generator.keras")
+        assert generator.image_shape == (8, 8, 1)
+        rows = read_csv(student_dir / "log.csv")
+        assert len(rows) == 1 and math.isfinite(float(rows[0]["generator_loss"]))
+
+
+def test_own_images_with_the_wrong_class_count_or_no_path_are_one_line(tmp_path, capsys):
+    folder = tmp_path / "images"
+    for name in ("a", "b", "c"):
+        (folder / name).mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8), np.uint8), mode="L").save(folder / name / "0.png")
+    for settings, message in (
+        ([f"data.path={folder}"], "holds 3 class folders (a, b, c) but data.num_classes is 10"),
+        ([], "data.source 'image_folder' reads data.path"),
+    ):
+        options = ["--set", "data.source=image_folder"]
+        for setting in settings:
+            options += ["--set", setting]
+        code = main(["train-teacher", *options, *OWN_IMAGES, "--run-dir", str(tmp_path / "r"),
+                     "--overwrite"])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1, err
+        assert message in err

@@ -20,12 +20,19 @@ from PIL import Image
 pytest.importorskip("keras_hub")
 pytest.importorskip("sentencepiece")
 
-from keras_mm import cli, configs, datasets
+from keras_mm import configs, datasets, training
 from keras_mm.cli import main
+from keras_mm.configs import ConfigError
 from keras_mm.distillation import MomentMatchingDistiller
 from keras_mm.models.diffusion_model import DiffusionModel
-from tests.helpers import write_tiny_t5_preset
-from tests.test_cli import jax_compilation_cache, read_csv, run_captured
+from tests.helpers import (
+    config_network,
+    jax_compilation_cache,
+    read_best_fid,
+    read_csv,
+    run_captured,
+    write_tiny_t5_preset,
+)
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*does not support masking")
 
@@ -154,12 +161,10 @@ def test_distill_tracks_fd_in_colour_layout_features(run):
     assert isinstance(distiller, MomentMatchingDistiller) and distiller.num_steps == NUM_STEPS
     generator = keras.saving.load_model(os.path.join(student_dir, "generator.keras"))
     assert generator.text_dim == TEXT_DIM and generator.name == "generator"
-    with open(os.path.join(student_dir, "best_fid.json")) as f:
-        best = json.load(f)
-    assert best["feature_extractor"] == "color_layout" and best["num_samples"] == 24
-    assert math.isfinite(best["fid"]) and best["step"] in (2, 4)
+    best_fid, best_step = read_best_fid(student_dir)
+    assert math.isfinite(best_fid) and best_step in (2, 4)
     rows = read_csv(os.path.join(student_dir, "log.csv"))
-    assert min(float(row["fid"]) for row in rows) == pytest.approx(best["fid"])
+    assert min(float(row["fid"]) for row in rows) == pytest.approx(best_fid)
     assert os.path.exists(os.path.join(student_dir, "reference_color_layout.npz"))
     for step in (2, 4):
         grid = Image.open(os.path.join(student_dir, "samples", f"distill_{step:07d}.png"))
@@ -278,7 +283,7 @@ def test_text2image_toy_preset_is_documented_and_paper_preset_kept():
     paper = configs.get_config("text2image")
     assert paper["data"]["text_encoder"] == "t5_1.1_xxl"
     assert paper["data"]["image_shape"] == [512, 512, 3]
-    assert paper["model"]["uvit"]["text_dim"] == 4096
+    assert config_network(paper)["text_dim"] == 4096
     assert "color_layout" in configs.CONFIG_KEYS["eval.feature_extractor"]
     assert "shapes" in configs.CONFIG_KEYS["data.name"]
 
@@ -288,9 +293,9 @@ def test_tfds_caption_datasets_load_images_and_first_captions():
 
     config = configs.apply_overrides(configs.get_config("text2image"), [
         "data.image_shape=[16, 16, 3]", "eval.num_reference=3", "eval.num_samples=3"])
-    data = cli.CaptionData(config, encoder=None)
+    data = training.CaptionData(config, encoder=None)
     with tfds.testing.mock_data(num_examples=6):
-        cli.check_caption_config(config)  # coco_captions has image and captions features
+        training.captions.check_caption_config(config)  # coco_captions has image and captions features
         images, captions = data.examples("train", 5)
         reference_images, reference_captions = data.reference()
     assert images.shape == (5, 16, 16, 3) and images.dtype == np.float32
@@ -298,8 +303,8 @@ def test_tfds_caption_datasets_load_images_and_first_captions():
     assert len(captions) == 5 and all(isinstance(c, str) for c in captions)
     assert reference_images.shape == (3, 16, 16, 3) and len(reference_captions) == 3
     bad = configs.set_value(config, "data.caption_feature", "caption")
-    with pytest.raises(cli.CommandError, match="no feature 'caption'"):
-        cli.check_caption_config(bad)
+    with pytest.raises(ConfigError, match="no feature 'caption'"):
+        training.captions.check_caption_config(bad)
 
 
 def test_text2image_toy_matches_examples_text_to_image():
@@ -311,9 +316,10 @@ def test_text2image_toy_matches_examples_text_to_image():
                                                                "eval"))
     assert values["NUM_EXAMPLES"] == data["num_examples"]
     assert values["SEQUENCE_LENGTH"] == data["sequence_length"]
-    assert values["BACKGROUND_TINT"] == cli.SHAPES_BACKGROUND_TINT
+    assert values["BACKGROUND_TINT"] == training.captions.SHAPES_BACKGROUND_TINT
     uvit = {k: list(v) if isinstance(v, tuple) else v for k, v in values["UVIT"].items()}
-    assert uvit == {k: v for k, v in config["model"]["uvit"].items() if k != "text_dim"}
+    network = config_network(config)
+    assert uvit == {k: v for k, v in network.items() if k != "text_dim"}
     assert values["CAPTION_DROPOUT"] == config["model"]["condition_dropout"]
     assert (values["BATCH_SIZE"], values["TEACHER_STEPS"], values["TEACHER_LEARNING_RATE"]) == (
         teacher["batch_size"], teacher["steps"], teacher["learning_rate"])

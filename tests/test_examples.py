@@ -16,6 +16,7 @@ import keras
 import pytest
 
 from keras_mm import configs
+from tests.helpers import config_network
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "examples")
@@ -80,7 +81,7 @@ def test_example_hyperparameters_match_the_config(name, config_name):
         assert values["UVIT"] == config["model"]["uvit"]
     else:
         as_lists = {k: list(v) if isinstance(v, tuple) else v for k, v in values["UVIT"].items()}
-        assert as_lists == config["model"]["uvit"]
+        assert as_lists == config_network(config)
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
-from keras_mm.distillation.distiller import (  # noqa: F401
-    MomentMatchingDistiller,
+from keras_mm.distillation.distiller import MomentMatchingDistiller  # noqa: F401
+from keras_mm.distillation.optimizers import (  # noqa: F401
+    AdamWithoutMomentum,
     WarmupLinearDecay,
     paper_adam,
 )
-from keras_mm.distillation.optimizers import AdamWithoutMomentum  # noqa: F401
 from keras_mm.distillation.preconditioner import (  # noqa: F401
     estimate_preconditioner,
     preconditioner_from_adam,

@@ -7,56 +7,16 @@ from keras import ops
 from keras_mm.backend import IterationTrainer, jvp, stopped, value_and_grad
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
-from keras_mm.distillation.optimizers import AdamWithoutMomentum
+from keras_mm.distillation.optimizers import (  # noqa: F401 - their old import path
+    AdamWithoutMomentum,
+    WarmupLinearDecay,
+    paper_adam,
+)
 from keras_mm.distillation.preconditioner import preconditioner_from_adam
 from keras_mm.models.diffusion_model import DiffusionModel, per_example_mean_square
 
 METHODS = ("alternating", "instant")
 WEIGHTINGS = ("auto", "edm", "flat", "dmd")
-
-
-@keras.saving.register_keras_serializable(package="keras_mm")
-class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warmup over `warmup_steps`, then linear decay to 0 at `total_steps`.
-
-    With `total_steps=None` the rate stays at `learning_rate` after the warmup.
-    """
-
-    def __init__(self, learning_rate, warmup_steps=1000, total_steps=None):
-        if total_steps is not None and total_steps <= warmup_steps:
-            raise ValueError(
-                f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})."
-            )
-        self.learning_rate = float(learning_rate)
-        self.warmup_steps = int(warmup_steps)
-        self.total_steps = None if total_steps is None else int(total_steps)
-
-    def __call__(self, step):
-        step = ops.cast(step, "float32")
-        rate = self.learning_rate * ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
-        if self.total_steps is not None:
-            remaining = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
-            rate = rate * ops.clip(remaining, 0.0, 1.0)
-        return rate
-
-    def get_config(self):
-        return {
-            "learning_rate": self.learning_rate,
-            "warmup_steps": self.warmup_steps,
-            "total_steps": self.total_steps,
-        }
-
-
-def paper_adam(learning_rate, warmup_steps=1000, total_steps=None):
-    """Adam as in Appendix B: beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup then linear decay,
-    global-norm clipping at 1, no EMA, no weight decay; without the (unused) first-moment
-    slot."""
-    return AdamWithoutMomentum(
-        learning_rate=WarmupLinearDecay(learning_rate, warmup_steps, total_steps),
-        beta_2=0.99,
-        epsilon=1e-12,
-        global_clipnorm=1.0,
-    )
 
 
 def copy_of(model, name):
@@ -67,6 +27,27 @@ def copy_of(model, name):
     clone.trainable = True  # the source may be a teacher that another distiller froze
     clone.network.set_weights(model.network.get_weights())
     return clone
+
+
+class GeneratorOptimizerMap(keras.optimizers.OptimizerMap):
+    """The generator network's variables to `generator_optimizer`, the others to
+    `auxiliary_optimizer`.
+
+    By identity, not by `variable.path`: the generator and the auxiliary network are copies
+    of the teacher with the same paths. `MultiOptimizer.optimizers` is then
+    `[generator_optimizer, auxiliary_optimizer]` from the start (the map's values, then its
+    default), also for the instant method, which has no auxiliary network: the state layout
+    and `get_compile_config` do not depend on which variables exist.
+    """
+
+    def __init__(self, generator_optimizer, auxiliary_optimizer, generator_network):
+        super().__init__(auxiliary_optimizer, {"generator": generator_optimizer})
+        self.generator_ids = {id(v) for v in generator_network.trainable_variables}
+
+    def __call__(self, variable):
+        if id(variable) in self.generator_ids:
+            return self["generator"]
+        return self.default_optimizer
 
 
 @keras.saving.register_keras_serializable(package="keras_mm")
@@ -406,14 +387,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             learning_rate, warmup_steps, total_steps)
         auxiliary_optimizer = auxiliary_optimizer or paper_adam(
             learning_rate, warmup_steps, total_steps)
-        generator_ids = {id(v) for v in self.generator.network.trainable_variables}
-
-        def select(variable):
-            return generator_optimizer if id(variable) in generator_ids else auxiliary_optimizer
-
-        optimizer = keras.optimizers.MultiOptimizer(select)
-        # Both sub-optimizers exist from the start, so the state layout is fixed.
-        optimizer._inner_optimizers = [generator_optimizer, auxiliary_optimizer]
+        optimizer = keras.optimizers.MultiOptimizer(GeneratorOptimizerMap(
+            generator_optimizer, auxiliary_optimizer, self.generator.network))
         super().compile(optimizer=optimizer, **kwargs)
         self.optimizer.build(self.trainable_variables)
 

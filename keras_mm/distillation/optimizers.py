@@ -1,4 +1,5 @@
-"""Adam without a first moment: the paper's beta_1 = 0 in one slot per weight instead of two."""
+"""The paper's distillation optimizer (Appendix B): Adam with beta_1 = 0 in one slot per weight
+(`AdamWithoutMomentum`), warmup then linear decay (`WarmupLinearDecay`); `paper_adam` is both."""
 
 import keras
 from keras import ops
@@ -59,3 +60,47 @@ class AdamWithoutMomentum(keras.optimizers.Adam):
         self.assign_sub(
             variable, ops.divide(ops.multiply(gradient, alpha), ops.add(ops.sqrt(v), self.epsilon))
         )
+
+
+@keras.saving.register_keras_serializable(package="keras_mm")
+class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup over `warmup_steps`, then linear decay to 0 at `total_steps`.
+
+    With `total_steps=None` the rate stays at `learning_rate` after the warmup.
+    """
+
+    def __init__(self, learning_rate, warmup_steps=1000, total_steps=None):
+        if total_steps is not None and total_steps <= warmup_steps:
+            raise ValueError(
+                f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})."
+            )
+        self.learning_rate = float(learning_rate)
+        self.warmup_steps = int(warmup_steps)
+        self.total_steps = None if total_steps is None else int(total_steps)
+
+    def __call__(self, step):
+        step = ops.cast(step, "float32")
+        rate = self.learning_rate * ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
+        if self.total_steps is not None:
+            remaining = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
+            rate = rate * ops.clip(remaining, 0.0, 1.0)
+        return rate
+
+    def get_config(self):
+        return {
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+        }
+
+
+def paper_adam(learning_rate, warmup_steps=1000, total_steps=None):
+    """Adam as in Appendix B: beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup then linear decay,
+    global-norm clipping at 1, no EMA, no weight decay; without the (unused) first-moment
+    slot."""
+    return AdamWithoutMomentum(
+        learning_rate=WarmupLinearDecay(learning_rate, warmup_steps, total_steps),
+        beta_2=0.99,
+        epsilon=1e-12,
+        global_clipnorm=1.0,
+    )

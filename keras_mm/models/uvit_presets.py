@@ -54,4 +54,45 @@ UVIT_PRESETS = {
         "image_shape": (128, 128, 3),
         "patch_size": 2,
     },
+    # CIFAR-10 32x32 (not in the paper): ~35M parameters, DDPM's CIFAR-10 size, three
+    # levels at 32/16/8 with the transformer on the 8x8 tokens.
+    "uvit_cifar10": {
+        "image_shape": (32, 32, 3),
+        "base_channels": 128,
+        "channel_multipliers": (1, 2, 4),
+        "num_res_blocks": (2, 2, 0),
+        "transformer_depth": 8,
+        "num_heads": 8,
+        "num_classes": 10,
+        "embedding_dim": 512,
+        "dropout": 0.1,
+        "dropout_from_level": 0,
+    },
+    # Section 5.5's 512x512 pixel-space text to image, cross-attending to T5-XXL's 4096-wide
+    # embeddings: 8x8 patches first, then the 64x64 net's levels.
+    "uvit_text2image": {
+        "image_shape": (512, 512, 3),
+        "base_channels": 128,
+        "channel_multipliers": (1, 2, 8),
+        "num_res_blocks": (2, 2, 0),
+        "transformer_depth": 24,
+        "num_heads": 16,
+        "text_dim": 4096,
+        "embedding_dim": 1024,
+        "patch_size": 8,
+    },
+    # The 8x8 captioned shapes (examples/text_to_image.py, the text2image_toy config): ~90k
+    # parameters; text_dim is t5_base_multi's width (set it to your encoder's).
+    "uvit_shapes_toy": {
+        "image_shape": (8, 8, 3),
+        "base_channels": 16,
+        "channel_multipliers": (1, 2),
+        "num_res_blocks": (1, 0),
+        "transformer_depth": 2,
+        "num_heads": 2,
+        "num_classes": None,
+        "text_dim": 768,
+        "embedding_dim": 64,
+        "norm_groups": 4,
+    },
 }

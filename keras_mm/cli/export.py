@@ -1,0 +1,80 @@
+"""`keras-mm export`: a .keras model's sampler as a TensorFlow SavedModel."""
+
+import os
+
+from keras_mm.cli.options import (
+    CommandError,
+    add_config_arguments,
+    add_model_arguments,
+    keras_model_and_steps,
+    print_config,
+    resolve_model_config,
+)
+from keras_mm.training import captions
+
+
+def add_command(subparsers):
+    parser = subparsers.add_parser(
+        "export",
+        help="Export a .keras DiffusionModel's sampler as a TensorFlow SavedModel.",
+        description="Export a .keras DiffusionModel (a teacher or a distilled generator, or "
+        "a distiller's generator) as a TensorFlow SavedModel with sample, sample_from_noise, "
+        "denoise and metadata endpoints (see keras_mm.export_sampler). Runs on the JAX or "
+        "TensorFlow backend; from torch it re-runs itself under TensorFlow. A text-to-image "
+        "model is exported with its frozen T5 encoder (data.text_encoder of the config: "
+        "sample_from_tokens and encode_text endpoints) and the tokenizer's SentencePiece "
+        f"vocabulary in OUT/{captions.TOKENIZER_FILE}, so that `keras-mm sample --captions` works "
+        "on it without a config.",
+    )
+    parser.add_argument("--model", required=True, help=".keras file.")
+    parser.add_argument("--out", required=True, help="SavedModel directory to write.")
+    parser.add_argument("--num-steps", type=int,
+                        help="sampling steps k (required without --config; with it, k for a "
+                        "generator or distiller, eval.teacher_num_steps for a teacher).")
+    parser.add_argument("--output", default="uint8", choices=("uint8", "float"),
+                        help="uint8 images in [0, 255] or float x-hat in [-1, 1].")
+    add_model_arguments(parser)
+    parser.add_argument("--quiet", action="store_true", help="print nothing.")
+    add_config_arguments(parser, default=None)
+    parser.set_defaults(run=run)
+
+
+def run(args):
+    config = resolve_model_config(args, fallback=None)
+    if args.print_config:
+        return print_config(config)
+    from keras_mm.export import export_sampler
+
+    model, num_steps = keras_model_and_steps(args, config)
+    encoder = None
+    if model.text_dim is not None:
+        if not captions.is_text(config):
+            raise CommandError(
+                "A text-to-image model is exported with its text encoder: pass --config (a "
+                "captions config naming data.text_encoder, e.g. the run's config.json).")
+        encoder = captions.load_text_encoder(config)
+        captions.check_text_dim(model, config, encoder)
+    try:
+        export_sampler(
+            model,
+            args.out,
+            num_steps=num_steps,
+            sampler=args.sampler,
+            guidance_scale=args.guidance_scale,
+            output=args.output,
+            clip=args.clip,
+            verbose=not args.quiet,
+            text_encoder=encoder,
+        )
+    except (ValueError, NotImplementedError) as error:
+        raise CommandError(str(error)) from None
+    if encoder is not None:
+        vocabulary = os.path.join(args.out, captions.TOKENIZER_FILE)
+        os.makedirs(os.path.dirname(vocabulary), exist_ok=True)
+        proto = encoder.preprocessor.tokenizer.proto
+        if isinstance(proto, str):  # a path to the preset's vocabulary.spm
+            with open(proto, "rb") as f:
+                proto = f.read()
+        with open(vocabulary, "wb") as f:
+            f.write(proto)
+    return 0

@@ -1,0 +1,136 @@
+"""Whole training runs from a config: `train_teacher` and `distill`, resumable.
+
+Each prepares its run directory (`prepare_run_dir`: start, resume or refuse), builds its
+models from the config, trains in checkpoints with the standard callbacks and saves its
+artifacts. `keras-mm train-teacher` and `keras-mm distill` are these functions behind a
+parser; from Python:
+
+    config = keras_mm.configs.get_config("digits")
+    teacher_path = keras_mm.training.train_teacher(config, "runs/teacher")
+    generator_path = keras_mm.training.distill(config, teacher_path, "runs/student")
+"""
+
+import os
+
+import keras
+
+from keras_mm.configs import ConfigError, check_config
+from keras_mm.training import builders, captions, data
+from keras_mm.training.callbacks import (
+    BEST_WEIGHTS,
+    fid_callbacks,
+    standard_callbacks,
+)
+from keras_mm.training.run_dir import in_checkpoints, prepare_run_dir, training_plan
+
+TEACHER_ARTIFACTS = ["teacher.keras"]
+DISTILL_ARTIFACTS = ["distiller.keras", "generator.keras"]
+# The best weights by FID and FIDCallback's record of them (best_fid.best.json).
+DISTILL_OUTPUTS = [BEST_WEIGHTS, BEST_WEIGHTS.replace(".weights.h5", ".*json")]
+
+
+def check_runnable(config):
+    """One-line errors for a data section that cannot run, before anything is loaded."""
+    check_config(config)
+    if config["data"]["source"] == "captions":
+        captions.check_caption_config(config)
+
+
+def fit_in_checkpoints(model, stream, epochs, steps_per_epoch, callbacks, verbose,
+                       resumed_epoch):
+    """`model.fit` over `epochs` checkpoints of `steps_per_epoch` steps of `stream`."""
+    if resumed_epoch:
+        print(f"Resuming from the checkpoint at step {resumed_epoch * steps_per_epoch}.")
+    try:
+        # The stream is shuffled already (and endless), so Keras has nothing to shuffle.
+        return model.fit(stream, epochs=epochs, steps_per_epoch=steps_per_epoch,
+                         callbacks=callbacks, verbose=verbose, shuffle=False)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+
+
+def train_teacher(config, run_dir, overwrite=False, verbose=1):
+    """Train the config's teacher in `run_dir` (resuming an interrupted run there).
+
+    Returns:
+        The path of the saved teacher, RUN_DIR/teacher.keras (with its Adam state, the
+        instant method's preconditioner).
+    """
+    check_runnable(config)
+    training = config["teacher"]
+    steps_per_epoch, epochs = training_plan(training, "teacher")
+    resumed_epoch = prepare_run_dir(run_dir, TEACHER_ARTIFACTS, config, overwrite)
+    # The text encoder first: a missing one is reported before a large UViT is built.
+    encoder = captions.load_text_encoder(config) if captions.is_text(config) else None
+    keras.utils.set_random_seed(training["seed"])
+    teacher = builders.build_teacher(config)
+    caption_data = captions.caption_data(config, teacher, run_dir, encoder)
+    print(f"Teacher: {teacher.network.count_params():,} parameters, backend "
+          f"{keras.backend.backend()}, {training['steps']} steps at batch "
+          f"{training['batch_size']}.")
+    callbacks = standard_callbacks(
+        run_dir, "teacher", config, steps_per_epoch, training["sample_every"],
+        resuming=bool(resumed_epoch), num_steps=config["eval"]["teacher_num_steps"],
+        captions=caption_data)
+    stream = data.training_stream(config, training["batch_size"], training["seed"],
+                                  caption_data)
+    fit_in_checkpoints(teacher, stream, epochs, steps_per_epoch, callbacks, verbose,
+                       resumed_epoch)
+    path = os.path.join(run_dir, "teacher.keras")
+    teacher.save(path)
+    print(f"Wrote {path}")
+    return path
+
+
+def distill(config, teacher_path, run_dir, overwrite=False, verbose=1):
+    """Distill the teacher at `teacher_path` with the config in `run_dir` (resuming an
+    interrupted run there), keeping the generator with the best FID.
+
+    Returns:
+        The path of the generator, RUN_DIR/generator.keras: the weights with the best FID
+        (every distill.fid_every steps), or the final ones without FID. The final state of
+        teacher, generator, auxiliary and optimizers is in RUN_DIR/distiller.keras.
+    """
+    check_runnable(config)
+    section = config["distill"]
+    steps_per_epoch, epochs = training_plan(section, "distill")
+    fid_every = in_checkpoints(section["fid_every"], steps_per_epoch, "distill.fid_every")
+    # The instant method reads its preconditioner from the teacher's saved Adam state.
+    needs_adam = section["method"] == "instant" and not section["preconditioner_steps"]
+    encoder = captions.load_text_encoder(config) if captions.is_text(config) else None
+    teacher = builders.load_model(teacher_path, compile=needs_adam)
+    builders.check_model_fits_data(teacher, config)
+    caption_data = captions.caption_data(config, teacher, run_dir, encoder)
+    resumed_epoch = prepare_run_dir(run_dir, DISTILL_ARTIFACTS, config, overwrite,
+                                    outputs=DISTILL_OUTPUTS)
+    keras.utils.set_random_seed(section["seed"])
+
+    def stream():
+        return data.training_stream(config, section["batch_size"], section["seed"],
+                                    caption_data)
+
+    batches = stream()
+    estimate = section["method"] == "instant" and section["preconditioner_steps"]
+    distiller = builders.build_distiller(config, teacher,
+                                         preconditioner_data=stream() if estimate else None)
+    print(f"Distilling a {section['num_steps']}-step generator ({section['method']}), backend "
+          f"{keras.backend.backend()}, {section['steps']} steps at batch "
+          f"{section['batch_size']}, peak learning rate "
+          f"{builders.distill_learning_rate(config):g}.")
+    fid = fid_callbacks(config, run_dir, fid_every, verbose, caption_data) if fid_every else []
+    callbacks = standard_callbacks(run_dir, "distill", config, steps_per_epoch,
+                                   section["sample_every"], resuming=bool(resumed_epoch),
+                                   captions=caption_data, model_callbacks=fid)
+    fit_in_checkpoints(distiller, batches, epochs, steps_per_epoch, callbacks, verbose,
+                       resumed_epoch)
+    path = os.path.join(run_dir, "distiller.keras")
+    distiller.save(path)
+    print(f"Wrote {path}")
+    which = "final"
+    if fid and os.path.exists(fid[0].save_best_to):
+        distiller.load_weights(fid[0].save_best_to)
+        which = f"best FID {fid[0].best_fid:.4f}, step {fid[0].best_step}"
+    path = os.path.join(run_dir, "generator.keras")
+    distiller.generator.save(path)
+    print(f"Wrote {path} ({which})")
+    return path
