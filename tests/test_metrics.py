@@ -333,7 +333,8 @@ def test_metrics_modules_import_without_a_circle():
     assert graph["keras_mm.metrics.feature_statistics"] == set()
     # Extractors depend on the base class only; the registry imports no extractor module.
     assert graph["keras_mm.metrics.extractors"] == set()
-    for name in ("digits_features", "color_layout_features", "inception_features"):
+    for name in ("digits_features", "color_layout_features", "inception_features",
+                 "fid_inception"):
         assert graph[f"keras_mm.metrics.extractors.{name}"] == {
             "keras_mm.metrics.feature_extractor"}
 
@@ -347,7 +348,7 @@ def test_metrics_modules_import_without_a_circle():
         if name != "keras_mm.metrics":
             visit(name, [])
     registry = metrics.extractors.FEATURE_EXTRACTORS
-    assert sorted(registry) == ["color_layout", "digits", "inception_v3"]
+    assert sorted(registry) == ["color_layout", "digits", "fid_inception", "inception_v3"]
     assert metrics.get_feature_extractor("color_layout").name == "color_layout"
     with pytest.raises(ValueError, match="Unknown feature extractor 'nope'"):
         metrics.get_feature_extractor("nope")
