@@ -1,7 +1,5 @@
 """`keras-mm export`: a .keras model's sampler as a TensorFlow SavedModel."""
 
-import os
-
 from keras_mm.cli.options import (
     CommandError,
     add_config_arguments,
@@ -23,8 +21,8 @@ def add_command(subparsers):
         "TensorFlow backend; from torch it re-runs itself under TensorFlow. A text-to-image "
         "model is exported with its frozen T5 encoder (data.text_encoder of the config: "
         "sample_from_tokens and encode_text endpoints) and the tokenizer's SentencePiece "
-        f"vocabulary in OUT/{captions.TOKENIZER_FILE}, so that `keras-mm sample --captions` works "
-        "on it without a config.",
+        "vocabulary in OUT/assets.extra/ (keras_mm.export.VOCABULARY_FILE), so that "
+        "`keras-mm sample --captions` works on it without a config.",
     )
     parser.add_argument("--model", required=True, help=".keras file.")
     parser.add_argument("--out", required=True, help="SavedModel directory to write.")
@@ -68,13 +66,4 @@ def run(args):
         )
     except (ValueError, NotImplementedError) as error:
         raise CommandError(str(error)) from None
-    if encoder is not None:
-        vocabulary = os.path.join(args.out, captions.TOKENIZER_FILE)
-        os.makedirs(os.path.dirname(vocabulary), exist_ok=True)
-        proto = encoder.preprocessor.tokenizer.proto
-        if isinstance(proto, str):  # a path to the preset's vocabulary.spm
-            with open(proto, "rb") as f:
-                proto = f.read()
-        with open(vocabulary, "wb") as f:
-            f.write(proto)
     return 0

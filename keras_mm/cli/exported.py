@@ -10,22 +10,15 @@ from keras_mm.training import captions
 
 def saved_model_tokens(args, sequence_length, config):
     """Token ids and padding masks of --captions for an exported text sampler."""
-    import numpy as np
+    from keras_mm import export
 
-    vocabulary = os.path.join(args.model, captions.TOKENIZER_FILE)
-    if os.path.isfile(vocabulary):
-        import keras_hub
-
-        tokenizer = keras_hub.models.T5Tokenizer(proto=vocabulary)
-        preprocessor = keras_hub.models.T5Preprocessor(tokenizer,
-                                                       sequence_length=sequence_length)
-        packed = preprocessor(args.captions)
-        return {"token_ids": np.asarray(packed["token_ids"]).astype("int32"),
-                "padding_mask": np.asarray(packed["padding_mask"]).astype(bool)}
+    if os.path.isfile(os.path.join(args.model, export.VOCABULARY_FILE)):
+        return export.tokenize_for_sampler(args.model, args.captions, sequence_length)
     if config is None:
         raise CommandError(
-            f"'{args.model}' has no tokenizer vocabulary ({captions.TOKENIZER_FILE}; `keras-mm export` "
-            "writes it): pass --config with the data.text_encoder the model was trained with.")
+            f"'{args.model}' has no tokenizer vocabulary ({export.VOCABULARY_FILE}; "
+            "`keras-mm export` writes it): pass --config with the data.text_encoder the "
+            "model was trained with.")
     return captions.load_text_encoder(config).tokenize(args.captions)
 
 

@@ -11,7 +11,6 @@ from keras_mm.configs import ConfigError
 
 SHAPES = "shapes"  # data.name of keras_mm.datasets.make_captioned_shapes
 SHAPES_BACKGROUND_TINT = 0.4  # as examples/text_to_image.py: colour is a whole-image cue
-TOKENIZER_FILE = os.path.join("assets.extra", "t5_vocabulary.spm")  # in exported SavedModels
 
 
 def is_text(config):
