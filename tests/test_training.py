@@ -102,3 +102,16 @@ def test_each_network_gets_its_own_optimizer_through_public_keras_apis(teacher, 
         moments = [tuple(v.shape) for v in optimizer.variables if "velocity" in v.name]
         weights = [] if network is None else network.network.trainable_variables
         assert moments == [tuple(v.shape) for v in weights]
+
+
+@pytest.mark.parametrize("preset", ["cifar10", "imagenet64"])
+def test_paper_scale_presets_score_with_fid_inception_and_say_how_to_get_it(preset, tmp_path):
+    config = configs.get_config(preset)
+    assert config["eval"]["feature_extractor"] == "fid_inception"
+    missing = str(tmp_path / "absent.weights.h5")
+    config = configs.apply_overrides(config, [f'eval.fid_inception_weights="{missing}"'])
+    with pytest.raises(ConfigError) as error:
+        training.callbacks.feature_extractor(config)
+    message = str(error.value)
+    assert "\n" not in message and missing in message
+    assert "eval.fid_inception_weights" in message and "from_pytorch_fid" in message

@@ -119,7 +119,7 @@ def evaluator(config, captions):
 
 def evaluation_table(report):
     """The report as a markdown table, one row per number of steps."""
-    distance = "FID" if report["feature_extractor"] == "inception_v3" else "FD"
+    distance = "FID" if report["feature_extractor"] in ("fid_inception", "inception_v3") else "FD"
     columns = [("fid", f"{distance} ({report['feature_extractor']})"),
                ("precision", "precision"), ("recall", "recall"),
                ("class_accuracy", "class accuracy")]

@@ -215,7 +215,7 @@ class DistillConfig(Section):
 class EvalConfig(Section):
     section: typing.ClassVar[str] = "eval"
     feature_extractor: str = option(
-        "inception_v3", '"digits" (shipped DigitsFeatures, for 8x8 digits), "inception_v3" '
+        "fid_inception", '"digits" (shipped DigitsFeatures, for 8x8 digits), "inception_v3" '
         '(InceptionFeatures, images of 75+ pixels) or "color_layout" (ColorLayoutFeatures, '
         "mean colours of the image quadrants: for tiny colour images such as the 8x8 "
         'captioned shapes) or "fid_inception" (pytorch-fid\'s Inception, FIDs comparable '
@@ -223,6 +223,11 @@ class EvalConfig(Section):
     inception_weights: str | None = option(
         "imagenet", '"imagenet" (downloaded by Keras), a weights file, or null (random: for '
         "tests only)")
+    fid_inception_weights: str = option(
+        "default", 'eval.feature_extractor "fid_inception": the .weights.h5 converted once '
+        "from pytorch-fid's pt_inception-2015-12-05-6726825d.pth by "
+        'keras_mm.metrics.FIDInceptionFeatures.from_pytorch_fid ("default": '
+        "~/.keras/keras_mm/fid_inception.weights.h5, where the converter writes)")
     num_samples: int = option(50_000, "samples per FID / evaluation", minimum=1)
     num_reference: int | None = option(
         50_000, "real images of the reference statistics (null: the whole split); captions: "

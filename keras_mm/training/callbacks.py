@@ -85,10 +85,17 @@ def tensorboard_available():
 
 def feature_extractor(config, classifier_head=False):
     """The feature extractor of eval.feature_extractor."""
-    from keras_mm.metrics import InceptionFeatures, get_feature_extractor
+    from keras_mm.metrics import FIDInceptionFeatures, InceptionFeatures, get_feature_extractor
 
     evaluation = config["eval"]
     name = evaluation["feature_extractor"]
+    batch_size = min(64, evaluation["batch_size"])
+    if name == "fid_inception":
+        try:
+            return FIDInceptionFeatures(weights=evaluation["fid_inception_weights"],
+                                        batch_size=batch_size)
+        except (FileNotFoundError, ValueError) as error:  # one line naming the fix
+            raise ConfigError(f"eval.fid_inception_weights: {error}") from None
     if name != "inception_v3":
         options = {"image_shape": config["data"]["image_shape"]} if name == "color_layout" else {}
         try:
@@ -98,7 +105,7 @@ def feature_extractor(config, classifier_head=False):
     weights = evaluation["inception_weights"]
     try:
         return InceptionFeatures(weights=weights, classifier_head=classifier_head,
-                                 batch_size=min(64, evaluation["batch_size"]))
+                                 batch_size=batch_size)
     except Exception as error:  # noqa: BLE001 - keras.utils.get_file raises bare Exception
         raise ConfigError(
             f"Could not build Inception-v3 with weights={weights!r} ({error}). Keras downloads "
