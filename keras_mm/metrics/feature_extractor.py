@@ -68,6 +68,18 @@ class FeatureExtractor:
         """Maps a numpy batch in [-1, 1] to the network's input. Override in subclasses."""
         return images
 
+    def rgb_in_range(self, images):
+        """Grayscale repeated to RGB and values clipped to [-1, 1], for RGB networks."""
+        channels = images.shape[-1]
+        if channels == 1:
+            images = np.repeat(images, 3, axis=-1)
+        elif channels != 3:
+            raise ValueError(
+                f"{type(self).__name__} expects 1 or 3 channels (NHWC), got images of shape "
+                f"{images.shape}."
+            )
+        return np.clip(images, -1.0, 1.0)
+
     def __call__(self, images):
         """Features of `images` ([B, H, W, C] in [-1, 1]) as a float64 array [B, F]."""
         return self.features_and_logits(images)[0]

@@ -90,6 +90,23 @@ def unbiased_mmd2(real_features, generated_features, degree=3, coef0=1.0):
     )
 
 
+def _feature_pair(real_features, generated_features):
+    """Both feature sets as float64 [N, F] arrays of one width, or a ValueError."""
+    real_features = np.asarray(real_features, "float64")
+    generated_features = np.asarray(generated_features, "float64")
+    if real_features.ndim != 2 or generated_features.ndim != 2:
+        raise ValueError(
+            f"Features must have shape [N, F]; got {real_features.shape} and "
+            f"{generated_features.shape}."
+        )
+    if real_features.shape[1] != generated_features.shape[1]:
+        raise ValueError(
+            f"Real features have {real_features.shape[1]} dimensions but generated ones "
+            f"{generated_features.shape[1]}; use the same feature extractor."
+        )
+    return real_features, generated_features
+
+
 def kernel_inception_distance(
     real_features, generated_features, num_subsets=100, subset_size=1000, seed=0
 ):
@@ -116,18 +133,7 @@ def kernel_inception_distance(
     kid, kid_std = keras_mm.metrics.kernel_inception_distance(real, generated)
     ```
     """
-    real_features = np.asarray(real_features, "float64")
-    generated_features = np.asarray(generated_features, "float64")
-    if real_features.ndim != 2 or generated_features.ndim != 2:
-        raise ValueError(
-            f"Features must have shape [N, F]; got {real_features.shape} and "
-            f"{generated_features.shape}."
-        )
-    if real_features.shape[1] != generated_features.shape[1]:
-        raise ValueError(
-            f"Real features have {real_features.shape[1]} dimensions but generated ones "
-            f"{generated_features.shape[1]}; use the same feature extractor."
-        )
+    real_features, generated_features = _feature_pair(real_features, generated_features)
     size = min(subset_size, len(real_features), len(generated_features))
     if size < 2:
         raise ValueError(
@@ -196,18 +202,7 @@ def precision_recall(real_features, generated_features, k=3, chunk_size=1024):
     precision, recall = keras_mm.metrics.precision_recall(real_features, generated_features)
     ```
     """
-    real_features = np.asarray(real_features, "float64")
-    generated_features = np.asarray(generated_features, "float64")
-    if real_features.ndim != 2 or generated_features.ndim != 2:
-        raise ValueError(
-            f"Features must have shape [N, F]; got {real_features.shape} and "
-            f"{generated_features.shape}."
-        )
-    if real_features.shape[1] != generated_features.shape[1]:
-        raise ValueError(
-            f"Real features have {real_features.shape[1]} dimensions but generated ones "
-            f"{generated_features.shape[1]}; use the same feature extractor."
-        )
+    real_features, generated_features = _feature_pair(real_features, generated_features)
     if min(len(real_features), len(generated_features)) <= k:
         raise ValueError(
             f"Precision/recall with k={k} needs more than {k} samples per side; got "

@@ -352,15 +352,7 @@ class FIDInceptionFeatures(FeatureExtractor):
         return super()._check_images(images)
 
     def preprocess(self, images):
-        channels = images.shape[-1]
-        if channels == 1:
-            images = np.repeat(images, 3, axis=-1)
-        elif channels != 3:
-            raise ValueError(
-                f"FIDInceptionFeatures expects 1 or 3 channels (NHWC), got images of shape "
-                f"{images.shape}."
-            )
-        images = np.clip(images, -1.0, 1.0)
+        images = self.rgb_in_range(images)
         size = FID_INCEPTION_IMAGE_SIZE
         if images.shape[1:3] != (size, size):
             images = resize_like_pytorch_fid(images, size)

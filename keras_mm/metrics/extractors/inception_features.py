@@ -1,7 +1,6 @@
 """Inception-v3 pool features (and logits) from `keras.applications`, for FID, KID and IS."""
 
 import keras
-import numpy as np
 
 from keras_mm.metrics.feature_extractor import FeatureExtractor
 
@@ -72,12 +71,4 @@ class InceptionFeatures(FeatureExtractor):
         super().__init__(model, name="inception_v3", batch_size=batch_size)
 
     def preprocess(self, images):
-        channels = images.shape[-1]
-        if channels == 1:
-            images = np.repeat(images, 3, axis=-1)
-        elif channels != 3:
-            raise ValueError(
-                f"InceptionFeatures expects 1 or 3 channels (NHWC), got images of shape "
-                f"{images.shape}."
-            )
-        return np.clip(images, -1.0, 1.0)
+        return self.rgb_in_range(images)
