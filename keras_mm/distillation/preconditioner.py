@@ -31,6 +31,9 @@ def preconditioner_from_adam(teacher, epsilon=None):
         A list of numpy arrays, one per variable of `teacher.parameters`.
     """
     optimizer = getattr(teacher, "optimizer", None)
+    # Keras has no public accessor for Adam's second moments: `_velocities` and
+    # `_get_variable_index` are read here only (tests/test_preconditioner.py fails if a Keras
+    # release renames them, since the teacher then seems to have no Adam state).
     velocities = getattr(optimizer, "_velocities", None)
     if velocities is None or not isinstance(optimizer, keras.optimizers.Adam):
         raise ValueError(
