@@ -262,7 +262,7 @@ def test_presets_carry_the_papers_distillation_settings():
         assert distill["adam"] == {"beta_1": 0.0, "beta_2": 0.99, "epsilon": 1e-12,
                                    "global_clipnorm": 1.0}
         assert distill["warmup_steps"] == 1000 and distill["decay_to_zero"]
-        assert configs.get_config(name)["eval"]["feature_extractor"] == "inception_v3"
+        assert configs.get_config(name)["eval"]["feature_extractor"] == "fid_inception"  # papers' FID network
     text = configs.get_config("text2image")["distill"]
     assert (text["batch_size"], text["steps"]) == (512, 50_000)
     assert configs.get_config("imagenet64")["model"]["uvit_preset"] == "imagenet64_small"
