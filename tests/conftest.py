@@ -24,3 +24,15 @@ if keras.backend.backend() == "torch":
     # The tests' tensors are tiny: OpenMP threads cost more in synchronisation than they
     # gain, and spin badly when the 2 CPU cores are shared (10x slower matmuls seen).
     torch.set_num_threads(1)
+
+
+def pytest_collection_modifyitems(config, items):
+    """`@pytest.mark.one_backend("torch")`: a test whose subject does not depend on the
+    backend of the test process (a CLI run in subprocesses, a script's dry run) runs in one
+    of the three backend passes only, so that CI pays for it once."""
+    backend = keras.backend.backend()
+    for item in items:
+        marker = item.get_closest_marker("one_backend")
+        if marker is not None and marker.args and marker.args[0] != backend:
+            item.add_marker(pytest.mark.skip(
+                reason=f"backend-independent; runs in the {marker.args[0]} pass only"))
