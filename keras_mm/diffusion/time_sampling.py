@@ -70,6 +70,13 @@ def v_weight(logsnr):
     return ops.exp(logsnr) + 1.0
 
 
+def flow_weight(logsnr):
+    """The x-space weight of the rectified-flow velocity loss: with z = (1 - t) x + t eps and
+    u = eps - x, x-hat = z - t u-hat, so ||u - u-hat||^2 = ||x - x-hat||^2 / t^2, and
+    1 / t = 1 + sqrt(SNR) in the "flow" family."""
+    return ops.square(1.0 + ops.exp(0.5 * logsnr))
+
+
 def flat_weight(logsnr):
     """w(s) = 1."""
     return ops.ones_like(logsnr)
@@ -84,7 +91,7 @@ def dmd_weight(x, x_teacher):
     return 1.0 / (ops.mean(ops.abs(x - x_teacher), axis=axes) + 1e-4)
 
 
-WEIGHTINGS = {"edm": edm_weight, "flat": flat_weight, "v": v_weight}
+WEIGHTINGS = {"edm": edm_weight, "flat": flat_weight, "flow": flow_weight, "v": v_weight}
 
 __all__ = [
     "EDMTimeSampler",

@@ -228,7 +228,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         logsnr_s, logsnr_t = self.draw_times(batch_size)
         noise_t = keras.random.normal(ops.shape(images), seed=self.seed_generator)
         noise_s = keras.random.normal(ops.shape(images), seed=self.seed_generator)
-        noisy_t = process.diffuse(images, process.broadcast_to_data(logsnr_t, images), noise_t)
+        noisy_t = process.diffuse(images, process.broadcast_to_data(logsnr_t, images), noise_t,
+                                  self.teacher.family)
         return {"logsnr_s": logsnr_s, "logsnr_t": logsnr_t, "noisy_t": noisy_t,
                 "noise_s": noise_s, "condition": condition}
 
@@ -237,9 +238,10 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         logsnr_s = process.broadcast_to_data(draws["logsnr_s"], x_generated)
         if self.conditional_sampling:
             logsnr_t = process.broadcast_to_data(draws["logsnr_t"], x_generated)
-            mean, std = process.posterior(draws["noisy_t"], x_generated, logsnr_t, logsnr_s)
+            mean, std = process.posterior(draws["noisy_t"], x_generated, logsnr_t, logsnr_s,
+                                          self.teacher.family)
             return mean + std * draws["noise_s"]
-        return process.diffuse(x_generated, logsnr_s, draws["noise_s"])
+        return process.diffuse(x_generated, logsnr_s, draws["noise_s"], self.teacher.family)
 
     def generate(self, draws):
         """x~ = g_eta(z_t) (differentiable in eta) and z_s (a constant, sg in the paper)."""

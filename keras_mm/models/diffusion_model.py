@@ -99,9 +99,15 @@ class DiffusionModel(IterationTrainer, keras.Model):
         network: a denoiser network (`keras_mm.UViT`, `keras_mm.MLPDenoiser`, or any
             `keras.Model` taking the dict `{"noisy", "logsnr", "labels"?, "text_embeddings"?,
             "text_mask"?}` and having `image_shape`, `num_classes` and `text_dim`).
-        schedule: a `CosineSchedule`; defaults to one shifted for the image size.
-        prediction_type: what the network predicts: "v", "eps" or "x".
-        loss_weighting: teacher-loss weight w(logSNR): "v" (SNR + 1), "edm" or "flat".
+        schedule: the noise schedule, whose scale family (`schedule.family`) the whole model
+            follows: a `CosineSchedule` (variance preserving; the default, shifted for the
+            image size), a `FlowMatchingSchedule` (rectified flow, z_t = (1 - t) x + t eps)
+            or an `EDMSchedule` (z = x + sigma eps).
+        prediction_type: what the network predicts: "v", "eps", "x" or "flow" (the
+            rectified-flow velocity eps - x).
+        loss_weighting: teacher-loss weight w(logSNR) on ||x - x-hat||^2: "v" (SNR + 1, the
+            v-prediction loss), "flow" (the velocity loss ||u - u-hat||^2 of a
+            `FlowMatchingSchedule`), "edm" or "flat".
         condition_dropout: probability of replacing a label / caption by the null
             condition during training (for classifier-free guidance).
         seed: seed of the model's random draws during training.
@@ -173,6 +179,11 @@ class DiffusionModel(IterationTrainer, keras.Model):
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._compiled_samplers = _FunctionCache()
         self._build_network()
+
+    @property
+    def family(self):
+        """The schedule's scale family: "vp", "flow" or "ve" (`keras_mm.diffusion.schedules`)."""
+        return getattr(self.schedule, "family", "vp")
 
     # ------------------------------------------------------------------ conditioning
     def _build_network(self):
@@ -251,7 +262,8 @@ class DiffusionModel(IterationTrainer, keras.Model):
         # conversion, posterior and losses stay in float32.
         prediction = ops.cast(prediction, "float32")
         return process.x_from_prediction(
-            prediction, noisy, process.broadcast_to_data(logsnr, noisy), self.prediction_type
+            prediction, noisy, process.broadcast_to_data(logsnr, noisy), self.prediction_type,
+            self.family,
         )
 
     def guided_denoise(self, noisy, logsnr, condition=None, guidance_scale=0.0, clip=False):
@@ -278,7 +290,8 @@ class DiffusionModel(IterationTrainer, keras.Model):
     def denoising_loss(self, images, logsnr, noise, condition, training=True):
         """Per-example w(logSNR) ||x - x-hat(z_t)||^2 / dim (the teacher's loss L_theta)."""
         images = ops.convert_to_tensor(images, "float32")
-        noisy = process.diffuse(images, process.broadcast_to_data(logsnr, images), noise)
+        noisy = process.diffuse(images, process.broadcast_to_data(logsnr, images), noise,
+                                self.family)
         x_hat = self.denoise(noisy, logsnr, condition, training=training)
         return self.loss_weight(logsnr) * per_example_mean_square(images - x_hat)
 
