@@ -68,7 +68,8 @@ def export_sampler(
     importable module (not `__main__`): the export subprocess imports it.
 
     Args:
-        model: a `keras_mm.DiffusionModel`: a teacher, or a distiller's `.generator`.
+        model: a `keras_mm.DiffusionModel`: a teacher, or a distiller's `.generator`
+            (a LoRA student's deltas are merged into plain weights first).
         path: directory to write the SavedModel to.
         num_steps: k, the sampler's number of steps (network evaluations, x2 with guidance).
         sampler: "ancestral" (Algorithm 1) or "ddim".
@@ -100,6 +101,9 @@ def export_sampler(
     """
     options = _check_export_arguments(model, num_steps, sampler, guidance_scale, output, clip,
                                       text_encoder)
+    from keras_mm.distillation.lora import merge_lora
+
+    model = merge_lora(model)  # a LoRA student exports as plain weights, theta + delta
     path = os.fspath(path)
     if keras.backend.backend() in DIRECT_BACKENDS:
         _write_saved_model(model, path, options, text_encoder)

@@ -1,4 +1,5 @@
 from keras_mm.distillation.distiller import MomentMatchingDistiller  # noqa: F401
+from keras_mm.distillation.lora import LoRANetwork, merge_lora  # noqa: F401
 from keras_mm.distillation.optimizers import (  # noqa: F401
     AdamWithoutMomentum,
     WarmupLinearDecay,

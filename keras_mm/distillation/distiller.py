@@ -7,6 +7,7 @@ from keras import ops
 from keras_mm.backend import IterationTrainer, jvp, stopped, value_and_grad
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
+from keras_mm.distillation.lora import LoRANetwork
 from keras_mm.distillation.optimizers import (  # noqa: F401 - their old import path
     AdamWithoutMomentum,
     WarmupLinearDecay,
@@ -27,6 +28,16 @@ def copy_of(model, name):
     clone.trainable = True  # the source may be a teacher that another distiller froze
     clone.network.set_weights(model.network.get_weights())
     return clone
+
+
+def lora_copy_of(model, name, rank, targets, seed):
+    """A `DiffusionModel` whose network is `model`'s plus low-rank deltas (`LoRANetwork`):
+    `model`'s weights are shared, not copied."""
+    network = LoRANetwork(model.network, rank, targets, seed=seed, name=f"{name}_lora")
+    return DiffusionModel(
+        network, schedule=model.schedule, prediction_type=model.prediction_type,
+        loss_weighting=model.loss_weighting, condition_dropout=model.condition_dropout,
+        seed=model.seed, conditioning=model._conditioning_argument, name=name)
 
 
 class GeneratorOptimizerMap(keras.optimizers.OptimizerMap):
@@ -88,6 +99,14 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         teacher_gradient_ema: decay of an exponential moving average of nu across
             iterations (instant method; 0 disables it, as in the paper).
         seed: seed of the distiller's random draws.
+        lora_rank: None (the generator and auxiliary are full copies of the teacher), or
+            the rank r of low-rank deltas: then they are the teacher's own weights plus
+            trainable deltas (`keras_mm.distillation.LoRANetwork`), evaluated on the one
+            copy of theta; only the deltas and their Adam state are added. Save the student
+            alone with `keras_mm.distillation.merge_lora(distiller.generator)`.
+        lora_targets: with `lora_rank`, the kernels that get deltas: None (every Dense,
+            EinsumDense and Conv kernel), substrings of variable paths, or a callable
+            `variable -> bool` (see `LoRANetwork`).
 
     Example:
     ```python
@@ -115,6 +134,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         preconditioner=None,
         teacher_gradient_ema=0.0,
         seed=None,
+        lora_rank=None,
+        lora_targets=None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -141,8 +162,21 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.teacher_gradient_ema = float(teacher_gradient_ema)
         self.seed = seed
 
-        self.generator = copy_of(teacher, "generator")
-        self.auxiliary = copy_of(teacher, "auxiliary") if method == "alternating" else None
+        self.lora_rank, self.lora_targets = lora_rank, lora_targets
+        if lora_rank is None:
+            self.generator = copy_of(teacher, "generator")
+            self.auxiliary = copy_of(teacher, "auxiliary") if method == "alternating" else None
+        else:
+            if lora_targets is not None and not isinstance(lora_targets, (list, tuple)):
+                # A callable works in-process but cannot be saved; paths can.
+                self._lora_targets_unsaveable = True
+            # Seeded by the distiller's seed, so that a run is reproducible.
+            seeds = (None, None) if seed is None else (2 * seed, 2 * seed + 1)
+            self.generator = lora_copy_of(teacher, "generator", lora_rank, lora_targets,
+                                          seeds[0])
+            self.auxiliary = (lora_copy_of(teacher, "auxiliary", lora_rank, lora_targets,
+                                           seeds[1])
+                              if method == "alternating" else None)
         self.preconditioner = None
         self.nu_average = None
         if method == "instant":
@@ -447,6 +481,13 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
                 "seed": self.seed,
             }
         )
+        if self.lora_rank is not None:
+            if getattr(self, "_lora_targets_unsaveable", False):
+                raise ValueError("A distiller with callable lora_targets cannot be saved; "
+                                 "pass substrings of variable paths instead.")
+            config.update(lora_rank=self.lora_rank,
+                          lora_targets=None if self.lora_targets is None
+                          else list(self.lora_targets))
         return config
 
     @classmethod
