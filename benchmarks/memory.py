@@ -180,7 +180,89 @@ def count_preset(preset):
         paper, keras_adam = PAPER_STATE[configuration], keras_adam_state[configuration]
         lines.append(f"| {configuration} | {paper * gb:.2f} ({paper}P) | "
                      f"{keras_adam * gb:.2f} ({keras_adam}P) |")
+    from keras_mm.distillation import LoRANetwork
+
+    for rank in (4, 16):
+        # The deltas (float32) and AdamWithoutMomentum's v for them, generator and auxiliary;
+        # the instant method adds Lambda (P) and has no auxiliary.
+        delta = sum(int(np.prod(v.shape)) for v in LoRANetwork(model.network, rank).weights)
+        alternating, instant = parameters + 4 * delta, 2 * parameters + 2 * delta
+        lines.append(f"| alternating, LoRA r={rank} ({delta / 1e6:.2f}M deltas per network) | "
+                     f"{alternating * 4 / 1e9:.2f} ({alternating / parameters:.2f}P) | |")
+        lines.append(f"| instant, LoRA r={rank} | {instant * 4 / 1e9:.2f} "
+                     f"({instant / parameters:.2f}P) | |")
     return lines
+
+
+SD3_MEDIUM = {"patch_size": 2, "hidden_dim": 1536, "num_layers": 24, "num_heads": 24,
+              "position_size": 192}  # KerasHub's stable_diffusion_3_medium MMDiT
+
+
+def mmdit_counts(hidden_dim, ranks):
+    """Counts of a KerasHub MMDiT with SD3-medium's structure at `hidden_dim`: parameters P,
+    values in 1-D parameters (biases, trained in full by a LoRA student), and the LoRA
+    deltas' size (`keras_mm.distillation.LoRANetwork`'s default targets) at each rank."""
+    import math
+
+    from keras_hub.src.models.stable_diffusion_3.mmdit import MMDiT
+
+    config = {**SD3_MEDIUM, "hidden_dim": hidden_dim}
+    network = MMDiT(**config, latent_shape=(64, 64, 16), context_shape=(154, 4096),
+                    pooled_projection_shape=(2048,))
+    counts = {"P": 0, "vectors": 0, **{f"lora{r}": 0 for r in ranks}}
+    for variable in network.weights:
+        n = math.prod(variable.shape)
+        counts["P"] += n
+        if len(variable.shape) <= 1:
+            counts["vectors"] += n
+        elif variable.path.split("/")[-1] == "kernel":
+            for r in ranks:
+                counts[f"lora{r}"] += r * (math.prod(variable.shape[:-1]) + variable.shape[-1])
+    return counts
+
+
+def count_sd3_medium(ranks=(4, 16)):
+    """SD3-medium MMDiT counts, exactly: every count is a polynomial of degree <= 2 in the
+    hidden size h (the other sizes fixed), so three small builds determine it; a fourth
+    checks it. Returns table lines with the state of each configuration and the arithmetic
+    of what fits on which GPU."""
+    import numpy as np
+
+    sizes, check = (48, 96, 144), 192  # multiples of the 24 heads
+    built = {h: mmdit_counts(h, ranks) for h in (*sizes, check)}
+    h_target = SD3_MEDIUM["hidden_dim"]
+    counts = {}
+    for key in built[check]:
+        coefficients = np.polyfit(sizes, [built[h][key] for h in sizes], 2)
+        predicted = np.polyval(coefficients, check)
+        if abs(predicted - built[check][key]) > 0.5:
+            raise RuntimeError(f"{key}: the count is not quadratic in h")
+        counts[key] = int(round(np.polyval(coefficients, h_target)))
+    p = counts["P"]
+    gb = 1e9
+    lines = [f"\nSD3-medium MMDiT (KerasHub `stable_diffusion_3_medium`'s denoiser, h = "
+             f"{h_target}, 24 layers): P = {p / 1e9:.3f}B parameters, {counts['vectors'] / 1e6:.1f}M "
+             "of them in biases and norms. Counted exactly from KerasHub MMDiTs of the same "
+             f"structure at h = {', '.join(map(str, sizes))} (every count is quadratic in h; "
+             f"h = {check} built and checked), not from a 2B build.", "",
+             "| configuration | trained values | state, GB | multiple of P (float32) |",
+             "|---|---|---|---|"]
+
+    def row(name, trained, state_bytes):
+        lines.append(f"| {name} | {trained / 1e6:,.0f}M | {state_bytes / gb:.1f} | "
+                     f"{state_bytes / (4 * p):.2f}P |")
+
+    row("teacher training (weights, Adam m, v; float32)", p, 12 * p)
+    row("alternating, full copies (keras_mm's 5P)", 2 * p, 20 * p)
+    row("instant, full copy (4P)", p, 16 * p)
+    for r in ranks:
+        delta = counts[f"lora{r}"] + counts["vectors"]
+        # Deltas (float32) and AdamWithoutMomentum's v for them, for generator and auxiliary.
+        row(f"alternating, LoRA r={r}, float32 teacher", 2 * delta, 4 * p + 2 * 2 * 4 * delta)
+        row(f"alternating, LoRA r={r}, bfloat16 teacher", 2 * delta, 2 * p + 2 * 2 * 4 * delta)
+        # Lambda is teacher-sized (float32); nu is computed per step (one more P transiently).
+        row(f"instant, LoRA r={r}, float32 teacher (+ Lambda)", delta, 8 * p + 2 * 4 * delta)
+    return lines, counts
 
 
 def main():
@@ -191,11 +273,17 @@ def main():
     parser.add_argument("--steps", type=int, default=5, help="fit steps per configuration")
     parser.add_argument("--count-preset", nargs="*", default=[],
                         help="also count the state of these presets (builds one network)")
+    parser.add_argument("--count-sd3", action="store_true",
+                        help="count the state of an SD3-medium MMDiT distillation (needs "
+                        "keras-hub; builds small MMDiTs only)")
     parser.add_argument("--single", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.single:
         measure(args.single, args.preset, args.batch_size, args.steps)
+        return
+    if args.count_sd3:
+        print("\n".join(count_sd3_medium()[0]))
         return
 
     lines = [
