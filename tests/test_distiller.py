@@ -115,6 +115,77 @@ def test_instant_update_descends_equation_9(teacher, digits):
     moment(eta0)
 
 
+def test_instant_objective_is_half_nu_dot_the_teacher_gradient(teacher, digits):
+    """The logged eq. 9 estimate, -w (x~ - g_theta(z_s))^T J nu, equals 1/2 nu^T grad_theta
+    L_theta(x~, sg z_s) computed directly on the second half-batch."""
+    images, labels = digits
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, method="instant",
+                                                 weighting="edm", seed=6)
+    # A generator away from the teacher, so that x~ - g_theta(z_s) is not just noise.
+    rng = np.random.default_rng(1)
+    for variable in distiller.generator.network.trainable_variables:
+        value = np_(variable)
+        variable.assign((value + 0.1 * rng.normal(size=value.shape)).astype("float32"))
+    draws_nu = distiller.draw(ops.convert_to_tensor(images[:32]), {"labels": labels[:32]})
+    draws = distiller.draw(ops.convert_to_tensor(images[32:64]), {"labels": labels[32:64]})
+    nu = distiller.teacher_gradient(draws_nu)
+    _, objective = distiller.instant_loss_and_objective(draws, nu)
+    x_generated, noisy_s = distiller.generate(draws)
+    grads = teacher_loss_gradient(distiller, x_generated, noisy_s, draws["logsnr_s"],
+                                  draws["condition"])
+    direct = 0.5 * sum(float(np.sum(np_(n) * np_(g))) for n, g in zip(nu, grads))
+    print(f"eq. 9 estimate {float(np_(objective)):.6g}, 1/2 nu^T grad L {direct:.6g}")
+    assert abs(direct) > 1e-6
+    assert float(np_(objective)) == pytest.approx(direct, rel=1e-3)
+
+
+def test_dmd_weight_applies_to_the_generator_loss_only(teacher, digits):
+    """weighting="dmd": L(phi) and nu are those of w(s) = 1; the generator's losses carry
+    DMD's 1 / mean|x~ - g_theta(z_s)| per example."""
+    images, labels = digits
+    batch = ops.convert_to_tensor(images[:32]), {"labels": labels[:32]}
+    rng = np.random.default_rng(2)
+    shifted = [(np_(w) + 0.05 * rng.normal(size=w.shape)).astype("float32")
+               for w in teacher.network.weights]
+    losses = {}
+    for weighting in ("dmd", "flat"):
+        alternating = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, weighting=weighting,
+                                                       seed=0)
+        alternating.auxiliary.network.set_weights(shifted)  # so that g_phi != g_theta
+        instant = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, method="instant",
+                                                   weighting=weighting, seed=0)
+        draws = alternating.draw(*batch)
+        nu = instant.teacher_gradient(draws)
+        generator, _ = alternating.generator_loss(draws)
+        losses[weighting] = {
+            "auxiliary": float(np_(alternating.auxiliary_loss(draws))),
+            "nu": [np_(n) for n in nu],
+            "generator": float(np_(generator)),
+            "instant": float(np_(instant.instant_loss(draws, nu))),
+        }
+        # The generator's losses written out with DMD's weight.
+        x_generated, noisy_s = alternating.generate(draws)
+        x_teacher = teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+        x_auxiliary = alternating.auxiliary.denoise(noisy_s, draws["logsnr_s"],
+                                                    draws["condition"])
+        _, jacobian_nu = jvp(lambda: teacher.denoise(noisy_s, draws["logsnr_s"],
+                                                     draws["condition"]),
+                             teacher.parameters, nu)
+        x_generated, x_teacher = np_(x_generated), np_(x_teacher)
+        weight = (1.0 / (np.abs(x_generated - x_teacher).mean(axis=(1, 2, 3)) + 1e-4)
+                  if weighting == "dmd" else np.ones(len(x_generated)))
+        inner = (x_generated * (np_(x_auxiliary) - x_teacher)).mean(axis=(1, 2, 3))
+        instant_inner = (x_generated * np_(jacobian_nu)).mean(axis=(1, 2, 3))
+        assert losses[weighting]["generator"] == pytest.approx((weight * inner).mean(), rel=1e-4)
+        assert losses[weighting]["instant"] == pytest.approx(-(weight * instant_inner).mean(),
+                                                             rel=1e-4)
+    dmd, flat = losses["dmd"], losses["flat"]
+    assert dmd["auxiliary"] == pytest.approx(flat["auxiliary"], rel=1e-6)
+    for a, b in zip(dmd["nu"], flat["nu"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12)
+    assert abs(dmd["generator"] - flat["generator"]) > 0.1 * abs(flat["generator"])
+
+
 @pytest.mark.parametrize("conditional", [True, False])
 def test_z_s_has_the_moments_of_equation_2(teacher, conditional):
     distiller = keras_mm.MomentMatchingDistiller(
@@ -154,7 +225,7 @@ def test_fit_logs_metrics_and_keeps_the_teacher_frozen(teacher, digits, method):
     distiller.compile(warmup_steps=2)
     history = distiller.fit(*digits, batch_size=64, epochs=2, verbose=0)
     expected = ({"generator_loss", "auxiliary_loss", "moment_gap"} if method == "alternating"
-                else {"instant_loss"})
+                else {"instant_loss", "instant_objective"})
     assert expected <= set(history.history)
     for values in history.history.values():
         assert np.all(np.isfinite(values))

@@ -69,6 +69,17 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
     eq. 8) makes this descend eq. 9, (1/2)||E grad_theta L_theta(x~, sg z_s)||^2_Lambda.
     One `fit` step is one iteration.
 
+    What to watch in `History` (§5.4): the instant method logs `instant_objective`, an
+    unbiased estimate of eq. 9 from the two half-batches, (1/2) nu^T grad_theta L_theta on
+    the second half = -w(s) (x~ - g_theta(z_s))^T J_theta nu: it is >= 0 in expectation and
+    falls toward zero as the generator's samples reach the teacher's moments (with
+    `teacher_gradient_ema`, nu is the average, and the estimate is (1/2) nu_avg^T grad L).
+    The alternating method logs `moment_gap`, the RMS of g_phi(z_s) - g_theta(z_s): how far
+    the auxiliary model, fitted to the generator's samples, is from the teacher. Both are
+    noisy per batch; their trend, not the value of one step, says how far training has come.
+    `instant_loss` (the generator's surrogate, whose gradient is the update) and
+    `generator_loss` have no such meaning: they oscillate around zero.
+
     Args:
         teacher: a built `keras_mm.DiffusionModel` (trained).
         num_steps: k, the number of sampling steps of the student (>= 1).
@@ -76,7 +87,10 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         time_sampler: p(s): "edm" (EDM test-time schedule in logSNR, resolution-shifted;
             the paper's choice), "uniform", or a callable u ~ U[0,1] -> s.
         weighting: w(s): "auto" (flat for k <= 2, EDM above, as §3.3 advises), "edm",
-            "flat" or "dmd" (DMD's adaptive weight).
+            "flat" or "dmd" (DMD's adaptive weight 1 / mean|x~ - g_theta(z_s)|). As in DMD, which trains its fake
+            model unweighted, "dmd" weights the generator's loss only: L(phi) and nu then
+            use w(s) = 1 (a weight that depends on x~ would pull g_phi's optimum toward
+            g_theta and understate the moment gap).
         conditional_sampling: sample z_s ~ q(z_s | z_t, x~) (default); False gives the
             marginal q(z_s | x~) of the §5.2 ablation.
         teacher_guidance_scale: classifier-free guidance on the teacher (§3.3, §5.3).
@@ -161,6 +175,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.auxiliary_loss_tracker = keras.metrics.Mean(name="auxiliary_loss")
         self.moment_gap_tracker = keras.metrics.Mean(name="moment_gap")
         self.instant_loss_tracker = keras.metrics.Mean(name="instant_loss")
+        self.instant_objective_tracker = keras.metrics.Mean(name="instant_objective")
         self.built = True
 
     def _make_preconditioner(self, teacher, preconditioner):
@@ -195,14 +210,20 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         return weights
 
     # ------------------------------------------------------------------ the paper's pieces
-    def loss_weight(self, logsnr_s, x_generated=None, x_teacher=None):
-        """w(s) per example."""
+    def loss_weight(self, logsnr_s):
+        """w(s) per example, of L(phi) and nu (also of the generator, but with "dmd")."""
         weighting = self.weighting
         if weighting == "auto":
             weighting = "flat" if self.num_steps <= 2 else "edm"
-        if weighting == "dmd":
-            return time_sampling.dmd_weight(x_generated, x_teacher)
+        if weighting == "dmd":  # DMD weights only the generator's loss
+            weighting = "flat"
         return time_sampling.WEIGHTINGS[weighting](logsnr_s)
+
+    def generator_weight(self, logsnr_s, x_generated, x_teacher):
+        """w(s) per example in the generator's loss: DMD's adaptive weight with "dmd"."""
+        if self.weighting == "dmd":
+            return time_sampling.dmd_weight(x_generated, x_teacher)
+        return self.loss_weight(logsnr_s)
 
     def teacher_prediction(self, noisy, logsnr, condition):
         """g_theta(z_s), with guidance/clipping applied in the forward pass and the plain
@@ -255,7 +276,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         x_teacher = stopped(self.teacher_prediction, noisy_s, draws["logsnr_s"],
                             draws["condition"])
         x_auxiliary = self.auxiliary.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
-        weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
+        weight = self.loss_weight(draws["logsnr_s"])
         loss = weight * (per_example_mean_square(x_generated - x_auxiliary)
                          + per_example_mean_square(x_teacher - x_auxiliary))
         return ops.mean(loss)
@@ -268,7 +289,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         x_auxiliary = stopped(self.auxiliary.denoise, noisy_s, draws["logsnr_s"],
                               draws["condition"])
         difference = x_auxiliary - x_teacher
-        weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
+        weight = self.generator_weight(draws["logsnr_s"], x_generated, x_teacher)
         loss = ops.mean(weight * per_example_inner(x_generated, difference))
         gap = ops.sqrt(ops.mean(per_example_mean_square(difference)))
         return loss, gap
@@ -280,7 +301,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
 
         def teacher_loss():
             x_teacher = self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
-            weight = ops.stop_gradient(self.loss_weight(draws["logsnr_s"], x_generated, x_teacher))
+            weight = self.loss_weight(draws["logsnr_s"])
             return ops.mean(weight * per_example_mean_square(x_generated - x_teacher)), None
 
         _, _, grads = value_and_grad(teacher_loss, self.teacher.parameters)()
@@ -288,6 +309,12 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
 
     def instant_loss(self, draws, nu):
         """L_instant(eta) = -w(s) x~^T sg{J_theta g_theta(z_s) nu}, per pixel."""
+        return self.instant_loss_and_objective(draws, nu)[0]
+
+    def instant_loss_and_objective(self, draws, nu):
+        """`(L_instant(eta), objective)`; objective = -w(s) (x~ - g_theta(z_s))^T J_theta nu
+        per pixel, which is (1/2) nu^T grad_theta L_theta(x~, sg z_s) on this half-batch: with
+        nu from the other half, an unbiased estimate of eq. 9 (a constant, no gradient)."""
         x_generated, noisy_s = self.generate(draws)
 
         def teacher_output():
@@ -295,8 +322,15 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
 
         # Nothing is differentiated through the teacher's side (x-hat and J nu are sg{}).
         x_teacher, jacobian_nu = stopped(jvp, teacher_output, self.teacher.parameters, nu)
-        weight = self.loss_weight(draws["logsnr_s"], x_generated, x_teacher)
-        return -ops.mean(weight * per_example_inner(x_generated, jacobian_nu))
+        if self.teacher_guidance_scale or self.clip_teacher:  # nu's loss used this x-hat
+            x_teacher = stopped(self.teacher_prediction, noisy_s, draws["logsnr_s"],
+                                draws["condition"])
+        weight = self.generator_weight(draws["logsnr_s"], x_generated, x_teacher)
+        loss = -ops.mean(weight * per_example_inner(x_generated, jacobian_nu))
+        residual = ops.stop_gradient(x_generated) - x_teacher
+        objective = -ops.mean(self.loss_weight(draws["logsnr_s"])
+                              * per_example_inner(residual, jacobian_nu))
+        return loss, objective
 
     # ------------------------------------------------------------------ the train step
     def iteration(self, data):
@@ -346,18 +380,20 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             nu = [ops.convert_to_tensor(a.value) for a in self.nu_average]
         variables = self.generator.network.trainable_variables
         draws = self.draw(images[half:], second)
-        loss, _, grads = value_and_grad(
-            lambda: (self.instant_loss(draws, nu), None), variables, self.non_trainable_variables
+        loss, objective, grads = value_and_grad(
+            lambda: self.instant_loss_and_objective(draws, nu), variables,
+            self.non_trainable_variables
         )()
         self.optimizer.optimizers[0].apply(grads, variables)
         self.instant_loss_tracker.update_state(loss)
+        self.instant_objective_tracker.update_state(objective)
 
     @property
     def metrics(self):
         if self.method == "alternating":
             return [self.generator_loss_tracker, self.auxiliary_loss_tracker,
                     self.moment_gap_tracker]
-        return [self.instant_loss_tracker]
+        return [self.instant_loss_tracker, self.instant_objective_tracker]
 
     # ------------------------------------------------------------------ compile
     def compile(
