@@ -87,8 +87,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         time_sampler: p(s): "edm" (EDM test-time schedule in logSNR, resolution-shifted;
             the paper's choice), "uniform", or a callable u ~ U[0,1] -> s.
         weighting: w(s): "auto" (flat for k <= 2, EDM above, as §3.3 advises), "edm",
-            "flat" or "dmd" (DMD's adaptive weight 1 / mean|x~ - g_theta(z_s)|). As in DMD, which trains its fake
-            model unweighted, "dmd" weights the generator's loss only: L(phi) and nu then
+            "flat" or "dmd" (DMD's adaptive weight 1 / mean|x~ - g_theta(z_s)|). As in DMD,
+            which trains its fake model unweighted, "dmd" weights the generator's loss only: L(phi) and nu then
             use w(s) = 1 (a weight that depends on x~ would pull g_phi's optimum toward
             g_theta and understate the moment gap).
         conditional_sampling: sample z_s ~ q(z_s | z_t, x~) (default); False gives the
