@@ -88,9 +88,9 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             the paper's choice), "uniform", or a callable u ~ U[0,1] -> s.
         weighting: w(s): "auto" (flat for k <= 2, EDM above, as §3.3 advises), "edm",
             "flat" or "dmd" (DMD's adaptive weight 1 / mean|x~ - g_theta(z_s)|). As in DMD,
-            which trains its fake model unweighted, "dmd" weights the generator's loss only: L(phi) and nu then
-            use w(s) = 1 (a weight that depends on x~ would pull g_phi's optimum toward
-            g_theta and understate the moment gap).
+            which trains its fake model unweighted, "dmd" weights the generator's loss only:
+            L(phi) and nu use w(s) = 1 (a weight that depends on x~ would pull g_phi's
+            optimum toward g_theta and understate the moment gap).
         conditional_sampling: sample z_s ~ q(z_s | z_t, x~) (default); False gives the
             marginal q(z_s | x~) of the §5.2 ablation.
         teacher_guidance_scale: classifier-free guidance on the teacher (§3.3, §5.3).
