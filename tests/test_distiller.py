@@ -337,6 +337,36 @@ def test_estimated_preconditioner_matches_adam_statistics(teacher, digits):
     np.testing.assert_allclose(np_(distiller.preconditioner[0]), lambdas[0])
 
 
+def test_learning_rate_decays_to_zero_at_the_end_of_fit(teacher, digits):
+    """compile() without total_steps: the rate decays linearly to zero at the end of fit
+    (Appendix B), as with total_steps given; a second fit decays again to its own end."""
+    images, labels = digits[0][:200], digits[1][:200]  # 4 batches of 64 per epoch, the last 8
+
+    def run(**compile_args):
+        distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, seed=0)
+        distiller.compile(warmup_steps=2, **compile_args)
+        distiller.fit(images, labels, batch_size=64, epochs=3, shuffle=False, verbose=0)
+        return distiller, [np_(w) for w in distiller.generator.network.weights]
+
+    default, weights = run()
+    _, explicit = run(total_steps=12)
+    _, constant = run(total_steps=None)
+    for a, b in zip(weights, explicit):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(weights, constant)) > 1e-6
+    generator_optimizer = default.optimizer.optimizers[0]
+    assert int(np_(generator_optimizer.iterations)) == 12
+    assert float(np_(generator_optimizer.learning_rate)) == 0.0
+    # A second fit of 4 steps: from step 12 the rate decays to zero at 16 (a compiled step
+    # still holding the old end would have rate 0 and not move the weights).
+    default.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    after = [np_(w) for w in default.generator.network.weights]
+    assert max(np.abs(a - b).max() for a, b in zip(after, weights)) > 1e-6
+    schedule = generator_optimizer._learning_rate
+    assert schedule.end == 16 and float(np_(schedule(15))) > 0.0
+    assert float(np_(generator_optimizer.learning_rate)) == 0.0
+
+
 def test_adam_without_momentum_matches_keras_adam_with_beta1_zero(tmp_path):
     """Same updates as keras Adam(beta_1=0) over several steps, with half the slots, and a
     round trip through get_config."""

@@ -1,6 +1,7 @@
 from keras_mm.distillation.distiller import MomentMatchingDistiller  # noqa: F401
 from keras_mm.distillation.optimizers import (  # noqa: F401
     AdamWithoutMomentum,
+    DecayToEndOfFit,
     WarmupLinearDecay,
     paper_adam,
 )

@@ -9,7 +9,9 @@ from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
 from keras_mm.distillation.optimizers import (  # noqa: F401 - their old import path
     AdamWithoutMomentum,
+    DecayToEndOfFit,
     WarmupLinearDecay,
+    fit_schedules,
     paper_adam,
 )
 from keras_mm.distillation.preconditioner import preconditioner_from_adam
@@ -402,7 +404,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         auxiliary_optimizer=None,
         learning_rate=None,
         warmup_steps=1000,
-        total_steps=None,
+        total_steps="fit",
         **kwargs,
     ):
         """Compile with the paper's optimizer for each network unless given (Appendix B).
@@ -413,7 +415,10 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             learning_rate: peak learning rate of the defaults (1e-4 alternating, 1e-3
                 instant; the instant loss's scale is set by Lambda).
             warmup_steps: linear warmup of the defaults (1000 in the paper).
-            total_steps: linear decay to zero at this step; None keeps the peak rate.
+            total_steps: the defaults' linear decay reaches zero at this step. "fit" (the
+                default): at the end of each `fit` call, from its epochs x steps per epoch
+                (Appendix B decays to zero at the end of training); None keeps the peak
+                rate after the warmup.
         """
         if learning_rate is None:
             learning_rate = 1e-4 if self.method == "alternating" else 1e-3
@@ -444,8 +449,13 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         )
 
     def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
+        """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range);
+        a learning rate compiled with total_steps="fit" decays to zero at its end."""
         self.teacher.check_training_arrays(x, y)
+        schedules = fit_schedules(self.optimizer.optimizers) if self.compiled else []
+        if schedules:
+            callbacks = kwargs.get("callbacks")
+            kwargs["callbacks"] = [*(callbacks or []), DecayToEndOfFit(schedules)]
         return super().fit(x, y, *args, **kwargs)
 
     # ------------------------------------------------------------------ sampling
