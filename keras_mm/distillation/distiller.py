@@ -109,7 +109,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             to the teacher's 2-step sampler; single runs, which vary by about 0.1 with the
             data order): 0.99 gave 0.50x and 0.67x in two data orders, 0 gave 0.53x, 0.99
             without the bias correction 0.67x, 0.9 gave 0.63x (the alternating student:
-            0.42x and 0.40x). The default 0.99 made the instant method tie the alternating
+            0.42x and 0.40x); in the test on jax and tensorflow, 0.99 gave 0.46x and 0.35x
+            (alternating 0.27x and 0.23x). The default 0.99 made the instant method tie the alternating
             one on digits in an independent reference run (DESIGN.md), and here makes
             `instant_objective` fall steadily (0.44 -> 0.03) where without it the
             estimate is noisier.
