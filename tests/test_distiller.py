@@ -168,9 +168,10 @@ def test_dmd_weight_applies_to_the_generator_loss_only(teacher, digits):
         x_teacher = teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
         x_auxiliary = alternating.auxiliary.denoise(noisy_s, draws["logsnr_s"],
                                                     draws["condition"])
-        _, jacobian_nu = jvp(lambda: teacher.denoise(noisy_s, draws["logsnr_s"],
-                                                     draws["condition"]),
-                             teacher.parameters, nu)
+        def teacher_output(noisy_s=noisy_s, draws=draws):
+            return teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+
+        _, jacobian_nu = jvp(teacher_output, teacher.parameters, nu)
         x_generated, x_teacher = np_(x_generated), np_(x_teacher)
         weight = (1.0 / (np.abs(x_generated - x_teacher).mean(axis=(1, 2, 3)) + 1e-4)
                   if weighting == "dmd" else np.ones(len(x_generated)))
