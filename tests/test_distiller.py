@@ -115,6 +115,78 @@ def test_instant_update_descends_equation_9(teacher, digits):
     moment(eta0)
 
 
+def test_instant_objective_is_half_nu_dot_the_teacher_gradient(teacher, digits):
+    """The logged eq. 9 estimate, -w (x~ - g_theta(z_s))^T J nu, equals 1/2 nu^T grad_theta
+    L_theta(x~, sg z_s) computed directly on the second half-batch."""
+    images, labels = digits
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, method="instant",
+                                                 weighting="edm", seed=6)
+    # A generator away from the teacher, so that x~ - g_theta(z_s) is not just noise.
+    rng = np.random.default_rng(1)
+    for variable in distiller.generator.network.trainable_variables:
+        value = np_(variable)
+        variable.assign((value + 0.1 * rng.normal(size=value.shape)).astype("float32"))
+    draws_nu = distiller.draw(ops.convert_to_tensor(images[:32]), {"labels": labels[:32]})
+    draws = distiller.draw(ops.convert_to_tensor(images[32:64]), {"labels": labels[32:64]})
+    nu = distiller.teacher_gradient(draws_nu)
+    _, objective = distiller.instant_loss_and_objective(draws, nu)
+    x_generated, noisy_s = distiller.generate(draws)
+    grads = teacher_loss_gradient(distiller, x_generated, noisy_s, draws["logsnr_s"],
+                                  draws["condition"])
+    direct = 0.5 * sum(float(np.sum(np_(n) * np_(g))) for n, g in zip(nu, grads))
+    print(f"eq. 9 estimate {float(np_(objective)):.6g}, 1/2 nu^T grad L {direct:.6g}")
+    assert abs(direct) > 1e-6
+    assert float(np_(objective)) == pytest.approx(direct, rel=1e-3)
+
+
+def test_dmd_weight_applies_to_the_generator_loss_only(teacher, digits):
+    """weighting="dmd": L(phi) and nu are those of w(s) = 1; the generator's losses carry
+    DMD's 1 / mean|x~ - g_theta(z_s)| per example."""
+    images, labels = digits
+    batch = ops.convert_to_tensor(images[:32]), {"labels": labels[:32]}
+    rng = np.random.default_rng(2)
+    shifted = [(np_(w) + 0.05 * rng.normal(size=w.shape)).astype("float32")
+               for w in teacher.network.weights]
+    losses = {}
+    for weighting in ("dmd", "flat"):
+        alternating = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, weighting=weighting,
+                                                       seed=0)
+        alternating.auxiliary.network.set_weights(shifted)  # so that g_phi != g_theta
+        instant = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, method="instant",
+                                                   weighting=weighting, seed=0)
+        draws = alternating.draw(*batch)
+        nu = instant.teacher_gradient(draws)
+        generator, _ = alternating.generator_loss(draws)
+        losses[weighting] = {
+            "auxiliary": float(np_(alternating.auxiliary_loss(draws))),
+            "nu": [np_(n) for n in nu],
+            "generator": float(np_(generator)),
+            "instant": float(np_(instant.instant_loss(draws, nu))),
+        }
+        # The generator's losses written out with DMD's weight.
+        x_generated, noisy_s = alternating.generate(draws)
+        x_teacher = teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+        x_auxiliary = alternating.auxiliary.denoise(noisy_s, draws["logsnr_s"],
+                                                    draws["condition"])
+        def teacher_output(noisy_s=noisy_s, draws=draws):
+            return teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
+
+        _, jacobian_nu = jvp(teacher_output, teacher.parameters, nu)
+        x_generated, x_teacher = np_(x_generated), np_(x_teacher)
+        weight = (1.0 / (np.abs(x_generated - x_teacher).mean(axis=(1, 2, 3)) + 1e-4)
+                  if weighting == "dmd" else np.ones(len(x_generated)))
+        inner = (x_generated * (np_(x_auxiliary) - x_teacher)).mean(axis=(1, 2, 3))
+        instant_inner = (x_generated * np_(jacobian_nu)).mean(axis=(1, 2, 3))
+        assert losses[weighting]["generator"] == pytest.approx((weight * inner).mean(), rel=1e-4)
+        assert losses[weighting]["instant"] == pytest.approx(-(weight * instant_inner).mean(),
+                                                             rel=1e-4)
+    dmd, flat = losses["dmd"], losses["flat"]
+    assert dmd["auxiliary"] == pytest.approx(flat["auxiliary"], rel=1e-6)
+    for a, b in zip(dmd["nu"], flat["nu"]):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-12)
+    assert abs(dmd["generator"] - flat["generator"]) > 0.1 * abs(flat["generator"])
+
+
 @pytest.mark.parametrize("conditional", [True, False])
 def test_z_s_has_the_moments_of_equation_2(teacher, conditional):
     distiller = keras_mm.MomentMatchingDistiller(
@@ -154,7 +226,7 @@ def test_fit_logs_metrics_and_keeps_the_teacher_frozen(teacher, digits, method):
     distiller.compile(warmup_steps=2)
     history = distiller.fit(*digits, batch_size=64, epochs=2, verbose=0)
     expected = ({"generator_loss", "auxiliary_loss", "moment_gap"} if method == "alternating"
-                else {"instant_loss"})
+                else {"instant_loss", "instant_objective"})
     assert expected <= set(history.history)
     for values in history.history.values():
         assert np.all(np.isfinite(values))
@@ -264,6 +336,36 @@ def test_estimated_preconditioner_matches_adam_statistics(teacher, digits):
     distiller = keras_mm.MomentMatchingDistiller(teacher, method="instant",
                                                  preconditioner=lambdas)
     np.testing.assert_allclose(np_(distiller.preconditioner[0]), lambdas[0])
+
+
+def test_learning_rate_decays_to_zero_at_the_end_of_fit(teacher, digits):
+    """compile() without total_steps: the rate decays linearly to zero at the end of fit
+    (Appendix B), as with total_steps given; a second fit decays again to its own end."""
+    images, labels = digits[0][:200], digits[1][:200]  # 4 batches of 64 per epoch, the last 8
+
+    def run(**compile_args):
+        distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, seed=0)
+        distiller.compile(warmup_steps=2, **compile_args)
+        distiller.fit(images, labels, batch_size=64, epochs=3, shuffle=False, verbose=0)
+        return distiller, [np_(w) for w in distiller.generator.network.weights]
+
+    default, weights = run()
+    _, explicit = run(total_steps=12)
+    _, constant = run(total_steps=None)
+    for a, b in zip(weights, explicit):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    assert max(np.abs(a - b).max() for a, b in zip(weights, constant)) > 1e-6
+    generator_optimizer = default.optimizer.optimizers[0]
+    assert int(np_(generator_optimizer.iterations)) == 12
+    assert float(np_(generator_optimizer.learning_rate)) == 0.0
+    # A second fit of 4 steps: from step 12 the rate decays to zero at 16 (a compiled step
+    # still holding the old end would have rate 0 and not move the weights).
+    default.fit(images, labels, batch_size=64, epochs=1, shuffle=False, verbose=0)
+    after = [np_(w) for w in default.generator.network.weights]
+    assert max(np.abs(a - b).max() for a, b in zip(after, weights)) > 1e-6
+    schedule = generator_optimizer._learning_rate
+    assert schedule.end == 16 and float(np_(schedule(15))) > 0.0
+    assert float(np_(generator_optimizer.learning_rate)) == 0.0
 
 
 def test_adam_without_momentum_matches_keras_adam_with_beta1_zero(tmp_path):

@@ -2,6 +2,7 @@ from keras_mm.distillation.distiller import MomentMatchingDistiller  # noqa: F40
 from keras_mm.distillation.lora import LoRANetwork, merge_lora  # noqa: F401
 from keras_mm.distillation.optimizers import (  # noqa: F401
     AdamWithoutMomentum,
+    DecayToEndOfFit,
     WarmupLinearDecay,
     paper_adam,
 )

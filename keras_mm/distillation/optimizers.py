@@ -1,6 +1,8 @@
 """The paper's distillation optimizer (Appendix B): Adam with beta_1 = 0 in one slot per weight
 (`AdamWithoutMomentum`), warmup then linear decay (`WarmupLinearDecay`); `paper_adam` is both."""
 
+import warnings
+
 import keras
 from keras import ops
 
@@ -66,24 +68,46 @@ class AdamWithoutMomentum(keras.optimizers.Adam):
 class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
     """Linear warmup over `warmup_steps`, then linear decay to 0 at `total_steps`.
 
-    With `total_steps=None` the rate stays at `learning_rate` after the warmup.
+    Args:
+        learning_rate: the peak rate.
+        warmup_steps: steps of the linear warmup.
+        total_steps: the step at which the rate reaches 0 (> warmup_steps); None keeps the
+            peak rate after the warmup; "fit" ends the decay at the end of each `fit` of a
+            model that reads it (`MomentMatchingDistiller`, through `DecayToEndOfFit`): the
+            optimizer's step when that `fit` starts plus its epochs x steps per epoch. A
+            `fit` shorter than the warmup decays from its first step (the rate is the warmup
+            ramp times the fraction of the fit left).
+
+    Example:
+    ```python
+    schedule = keras_mm.distillation.WarmupLinearDecay(1e-4, warmup_steps=1000,
+                                                       total_steps="fit")
+    ```
     """
 
     def __init__(self, learning_rate, warmup_steps=1000, total_steps=None):
-        if total_steps is not None and total_steps <= warmup_steps:
+        if total_steps not in (None, "fit") and int(total_steps) <= warmup_steps:
             raise ValueError(
-                f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps})."
+                f"total_steps ({total_steps}) must exceed warmup_steps ({warmup_steps}), or "
+                'be "fit" (decay to 0 at the end of fit) or None (no decay).'
             )
         self.learning_rate = float(learning_rate)
         self.warmup_steps = int(warmup_steps)
-        self.total_steps = None if total_steps is None else int(total_steps)
+        self.total_steps = total_steps if total_steps in (None, "fit") else int(total_steps)
+        self.fit_end = None  # with total_steps="fit": set by DecayToEndOfFit
+
+    @property
+    def end(self):
+        """The step at which the rate reaches 0 (None: no decay)."""
+        return self.fit_end if self.total_steps == "fit" else self.total_steps
 
     def __call__(self, step):
         step = ops.cast(step, "float32")
         rate = self.learning_rate * ops.minimum(1.0, (step + 1.0) / max(self.warmup_steps, 1))
-        if self.total_steps is not None:
-            remaining = (self.total_steps - step) / (self.total_steps - self.warmup_steps)
-            rate = rate * ops.clip(remaining, 0.0, 1.0)
+        end = self.end
+        if end is not None:
+            decay_steps = end - self.warmup_steps if end > self.warmup_steps else end
+            rate = rate * ops.clip((end - step) / decay_steps, 0.0, 1.0)
         return rate
 
     def get_config(self):
@@ -94,8 +118,63 @@ class WarmupLinearDecay(keras.optimizers.schedules.LearningRateSchedule):
         }
 
 
-def paper_adam(learning_rate, warmup_steps=1000, total_steps=None):
-    """Adam as in Appendix B: beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup then linear decay,
+class DecayToEndOfFit(keras.callbacks.Callback):
+    """Ends the linear decay of `WarmupLinearDecay(total_steps="fit")` schedules at the end
+    of the current `fit` (Appendix B decays the rate to zero at the end of training).
+
+    At the first epoch of each `fit`, the end is the optimizer's step count plus the
+    epochs left times the steps per epoch (so a `fit` resumed by `BackupAndRestore` ends
+    where the uninterrupted one does). The train function is rebuilt when the end changes,
+    since compiled steps (JAX, TensorFlow) hold the schedule's constants.
+
+    Args:
+        schedules: `(optimizer, schedule)` pairs; the optimizer's `iterations` counts the
+            schedule's steps.
+    """
+
+    def __init__(self, schedules):
+        super().__init__()
+        self.schedules = list(schedules)
+        self.started = False
+
+    def on_train_begin(self, logs=None):
+        self.started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self.started:
+            return
+        self.started = True
+        steps = self.params.get("steps")
+        if not steps:
+            warnings.warn(
+                "fit cannot tell how many steps it will run (a dataset of unknown length "
+                "without steps_per_epoch), so the learning rate will not decay to zero at its "
+                "end. Pass steps_per_epoch to fit, or total_steps to compile.", stacklevel=2)
+            ends = [None] * len(self.schedules)
+        else:
+            left = (self.params["epochs"] - epoch) * int(steps)
+            ends = [int(ops.convert_to_numpy(optimizer.iterations)) + left
+                    for optimizer, _ in self.schedules]
+        changed = False
+        for (_, schedule), end in zip(self.schedules, ends):
+            changed = changed or schedule.fit_end != end
+            schedule.fit_end = end
+        if changed and self.model.train_function is not None:
+            self.model.make_train_function(force=True)
+
+
+def fit_schedules(optimizers):
+    """`(optimizer, schedule)` for each optimizer whose rate is a `WarmupLinearDecay` with
+    `total_steps="fit"`."""
+    # Keras has no public accessor for an optimizer's schedule (`learning_rate` is its value).
+    pairs = [(optimizer, getattr(optimizer, "_learning_rate", None)) for optimizer in optimizers]
+    return [(optimizer, schedule) for optimizer, schedule in pairs
+            if isinstance(schedule, WarmupLinearDecay) and schedule.total_steps == "fit"]
+
+
+def paper_adam(learning_rate, warmup_steps=1000, total_steps="fit"):
+    """Adam as in Appendix B: beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup then linear decay
+    to 0 at `total_steps` (see `WarmupLinearDecay`; "fit": at the end of each `fit`),
     global-norm clipping at 1, no EMA, no weight decay; without the (unused) first-moment
     slot."""
     return AdamWithoutMomentum(
