@@ -184,9 +184,10 @@ def count_preset(preset):
 
     for rank in (4, 16):
         # The deltas (float32) and AdamWithoutMomentum's v for them, generator and auxiliary;
-        # the instant method adds Lambda (P) and has no auxiliary.
+        # the instant method adds Lambda and the moving average of nu (P each; its default
+        # teacher_gradient_ema=0.99) and has no auxiliary.
         delta = sum(int(np.prod(v.shape)) for v in LoRANetwork(model.network, rank).weights)
-        alternating, instant = parameters + 4 * delta, 2 * parameters + 2 * delta
+        alternating, instant = parameters + 4 * delta, 3 * parameters + 2 * delta
         lines.append(f"| alternating, LoRA r={rank} ({delta / 1e6:.2f}M deltas per network) | "
                      f"{alternating * 4 / 1e9:.2f} ({alternating / parameters:.2f}P) | |")
         lines.append(f"| instant, LoRA r={rank} | {instant * 4 / 1e9:.2f} "
@@ -260,8 +261,9 @@ def count_sd3_medium(ranks=(4, 16)):
         # Deltas (float32) and AdamWithoutMomentum's v for them, for generator and auxiliary.
         row(f"alternating, LoRA r={r}, float32 teacher", 2 * delta, 4 * p + 2 * 2 * 4 * delta)
         row(f"alternating, LoRA r={r}, bfloat16 teacher", 2 * delta, 2 * p + 2 * 2 * 4 * delta)
-        # Lambda is teacher-sized (float32); nu is computed per step (one more P transiently).
-        row(f"instant, LoRA r={r}, float32 teacher (+ Lambda)", delta, 8 * p + 2 * 4 * delta)
+        # Lambda and the moving average of nu are teacher-sized (float32).
+        row(f"instant, LoRA r={r}, float32 teacher (+ Lambda, nu average)", delta,
+            12 * p + 2 * 4 * delta)
     return lines, counts
 
 

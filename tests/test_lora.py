@@ -68,11 +68,12 @@ def test_lora_student_holds_one_copy_of_theta_and_trains_only_its_deltas(teacher
     deltas = expected_delta_size(teacher.parameters)
     networks = 2 if method == "alternating" else 1
     assert size(distiller.trainable_variables) == networks * deltas
-    # Every weight the distiller holds: theta once, the deltas, Lambda (instant) and RNG state.
+    # Every weight the distiller holds: theta once, the deltas, and (instant) Lambda and nu.
     held = {id(v): v for v in distiller.weights}.values()
     p = size(teacher.network.weights)
-    preconditioner = p if method == "instant" else 0
-    other = size(held) - (p + networks * deltas + preconditioner)
+    # The instant method adds Lambda and the moving average of nu, both teacher-sized.
+    teacher_sized = 2 * p if method == "instant" else 0
+    other = size(held) - (p + networks * deltas + teacher_sized)
     assert 0 <= other < 20  # random-generator states only (2 values each): no copy of theta
     # Tiny steps: the compiled step is tested elsewhere, and compiling costs more here.
     distiller.compile(learning_rate=1e-2, warmup_steps=1, jit_compile=False)
