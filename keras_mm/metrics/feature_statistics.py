@@ -3,6 +3,8 @@
 import numpy as np
 from keras import ops
 
+from keras_mm import checks
+
 
 class FeatureStatistics:
     """Count, mean and covariance of a stream of feature vectors, accumulated in float64.
@@ -161,22 +163,24 @@ class FeatureStatistics:
         )
 
 
-def iterate_image_batches(images, batch_size=None):
-    """Yields numpy batches from an array (split by `batch_size`) or an iterable of batches."""
+def iterate_image_batches(images, batch_size=None, what="reference images"):
+    """Yields float32 NumPy batches in [-1, 1] from an array (split by `batch_size`) or an
+    iterable of batches; uint8 batches are converted, NaN/inf and floats beyond about
+    [-1, 1] refused with one line naming `what` (`keras_mm.checks.to_unit_range`)."""
     if isinstance(images, (list, tuple)) and images and np.ndim(images[0]) == 3:
         images = np.stack(images)
     if hasattr(images, "shape") and len(getattr(images, "shape", ())) == 4:
         images = ops.convert_to_numpy(images)
         step = batch_size or len(images) or 1
         for start in range(0, len(images), step):
-            yield images[start : start + step]
+            yield checks.to_unit_range(images[start : start + step], what)
         return
     for batch in images:
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         elif isinstance(batch, dict):
             batch = batch["images"]
-        yield ops.convert_to_numpy(batch)
+        yield checks.to_unit_range(np.asarray(ops.convert_to_numpy(batch)), what)
 
 
 def check_same_feature_space(stats, extractor_name):
