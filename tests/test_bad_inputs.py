@@ -2,6 +2,8 @@
 of docs/reliability.md's "Bad inputs" table), on every backend, and a refused batch leaves
 the model's weights as they were."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -188,3 +190,42 @@ def test_fid_reference_data_uint8_converted_and_bad_values_refused():
     with pytest.raises(ValueError, match=r"reference images must be in \[-1, 1\]"):
         keras_mm.metrics.Evaluator(reference_data=(images + 1) * 127.5, feature_extractor=extractor,
                                    num_samples=4).prepare_reference()
+
+
+# ---------------------------------------------------------------------- the exported sampler
+@pytest.mark.one_backend("tensorflow")  # the limit is in the TensorFlow wrapper of every export
+def test_exported_sampler_refuses_batches_beyond_max_batch_size(tmp_path):
+    path = str(tmp_path / "sampler")
+    keras_mm.export_sampler(teacher(), path, num_steps=1, max_batch_size=2, verbose=False)
+    sampler = tf.saved_model.load(path)
+    seed = tf.constant([0, 0])
+    assert sampler.sample(labels=tf.constant([1, 2]), seed=seed).shape == (2, 8, 8, 1)
+    assert int(sampler.metadata()["max_batch_size"]) == 2
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than max_batch_size=2"):
+        sampler.sample(labels=tf.constant([1, 2, 3]), seed=seed)
+    with pytest.raises(tf.errors.InvalidArgumentError, match="more than max_batch_size=2"):
+        sampler.sample_from_noise(labels=tf.constant([1, 2, 3]),
+                                  noise=tf.zeros([1, 3, 8, 8, 1]))
+
+
+def test_export_to_a_file_or_unwritable_directory_refused(tmp_path):
+    model = teacher()
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ValueError, match="is a file; a SavedModel is a directory") as error:
+        keras_mm.export_sampler(model, tmp_path / "file", num_steps=1, verbose=False)
+    one_line(error)
+    with pytest.raises(ValueError, match="max_batch_size must be an integer >= 1; got 0"):
+        keras_mm.export_sampler(model, tmp_path / "s", num_steps=1, max_batch_size=0)
+    with pytest.raises(ValueError, match="'.*file' is not a writable directory") as error:
+        keras_mm.export_sampler(model, tmp_path / "file" / "sampler", num_steps=1, verbose=False)
+    one_line(error)
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0,
+                    reason="root can write to a read-only directory")
+def test_export_to_a_read_only_directory_refused(tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    with pytest.raises(ValueError, match="is not a writable directory") as error:
+        keras_mm.export_sampler(teacher(), locked / "sampler", num_steps=1, verbose=False)
+    one_line(error)
