@@ -186,7 +186,8 @@ def test_fid_reference_data_uint8_converted_and_bad_values_refused():
     nan_images = images.copy()
     nan_images[2, 3, 3, 0] = np.nan
     with pytest.raises(ValueError, match="reference images contain 1 NaN or inf values"):
-        FeatureStatistics.from_images(nan_images, extractor)
+        keras_mm.metrics.Evaluator(reference_data=nan_images, feature_extractor=extractor,
+                                   num_samples=4).prepare_reference()
     with pytest.raises(ValueError, match=r"reference images must be in \[-1, 1\]"):
         keras_mm.metrics.Evaluator(reference_data=(images + 1) * 127.5, feature_extractor=extractor,
                                    num_samples=4).prepare_reference()

@@ -3,8 +3,6 @@
 import numpy as np
 from keras import ops
 
-from keras_mm import checks
-
 
 class FeatureStatistics:
     """Count, mean and covariance of a stream of feature vectors, accumulated in float64.
@@ -163,24 +161,24 @@ class FeatureStatistics:
         )
 
 
-def iterate_image_batches(images, batch_size=None, what="reference images"):
-    """Yields float32 NumPy batches in [-1, 1] from an array (split by `batch_size`) or an
-    iterable of batches; uint8 batches are converted, NaN/inf and floats beyond about
-    [-1, 1] refused with one line naming `what` (`keras_mm.checks.to_unit_range`)."""
+def iterate_image_batches(images, batch_size=None, check=None):
+    """Yields numpy batches from an array (split by `batch_size`) or an iterable of batches,
+    each passed through `check` (e.g. `keras_mm.checks.to_unit_range`) when given."""
+    check = check or (lambda batch: batch)
     if isinstance(images, (list, tuple)) and images and np.ndim(images[0]) == 3:
         images = np.stack(images)
     if hasattr(images, "shape") and len(getattr(images, "shape", ())) == 4:
         images = ops.convert_to_numpy(images)
         step = batch_size or len(images) or 1
         for start in range(0, len(images), step):
-            yield checks.to_unit_range(images[start : start + step], what)
+            yield check(images[start : start + step])
         return
     for batch in images:
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         elif isinstance(batch, dict):
             batch = batch["images"]
-        yield checks.to_unit_range(np.asarray(ops.convert_to_numpy(batch)), what)
+        yield check(ops.convert_to_numpy(batch))
 
 
 def check_same_feature_space(stats, extractor_name):
