@@ -15,7 +15,7 @@ names their condition inputs, its checks become graph assertions. With a dynamic
 - `denoise(noisy: float32[B, H, W, C], logsnr: float32[B], *condition) -> x_hat`, unguided;
   the null label `num_classes` or an all-False text mask gives the unconditional x_hat.
 - `metadata()`: num_steps, sampler, guidance_scale, clip, output, image_shape, num_classes,
-  text_dim and sequence_length (-1 when unused).
+  text_dim, sequence_length (-1 when unused) and max_batch_size.
 - With a text encoder: `sample_from_tokens(token_ids: int32[B, L], padding_mask: bool[B, L],
   seed)` and `encode_text(token_ids, padding_mask) -> {"text_embeddings", "text_mask"}`; the
   SentencePiece vocabulary goes to `VOCABULARY_FILE` in the directory (read by
@@ -35,6 +35,7 @@ import tempfile
 import keras
 import numpy as np
 
+from keras_mm.checks import check_guidance_scale
 from keras_mm.diffusion import samplers
 from keras_mm.models.diffusion_model import DiffusionModel
 from keras_mm.models.text_encoder import TokenConditioning
@@ -42,6 +43,10 @@ from keras_mm.models.text_encoder import TokenConditioning
 OUTPUTS = ("uint8", "float")
 DIRECT_BACKENDS = ("jax", "tensorflow")
 VOCABULARY_FILE = os.path.join("assets.extra", "t5_vocabulary.spm")
+# Images per call of an exported sampler unless `max_batch_size` says otherwise: serving
+# memory grows with B (about 1 GB per 100k samples of the tiny digits model), so one request
+# must not be able to take the server down.
+MAX_BATCH_SIZE = 1024
 
 
 def export_sampler(
@@ -55,6 +60,7 @@ def export_sampler(
     export_backend="tensorflow",
     verbose=True,
     text_encoder=None,
+    max_batch_size=MAX_BATCH_SIZE,
 ):
     """Write a SavedModel that samples from `model` in `num_steps` steps.
 
@@ -63,8 +69,8 @@ def export_sampler(
     `sample_from_tokens` and `encode_text`) are listed in the `keras_mm.export` module
     docstring. Images are uint8 in [0, 255] (`round((x + 1) * 127.5)`, clipped) with
     `output="uint8"`, or the sampler's float32 x_hat with `output="float"`. The graph checks
-    its inputs (label range, shapes, token ids, B >= 1) and raises `InvalidArgumentError`
-    naming the bad input. From the torch backend, a custom network must be defined in an
+    its inputs (label range, shapes, token ids, 1 <= B <= `max_batch_size`) and raises
+    `InvalidArgumentError` naming the bad input. From the torch backend, a custom network must be defined in an
     importable module (not `__main__`): the export subprocess imports it.
 
     Args:
@@ -81,6 +87,9 @@ def export_sampler(
         verbose: print where the SavedModel went and its endpoints.
         text_encoder: for a text-conditional model, the `keras_mm.TextEncoder` it was
             trained with: adds the token-id endpoints and the tokenizer's vocabulary.
+        max_batch_size: the most images one call may ask for (default 1024,
+            `keras_mm.export.MAX_BATCH_SIZE`); a larger request is refused in the graph
+            instead of exhausting the server's memory.
 
     Returns:
         `path`.
@@ -100,11 +109,11 @@ def export_sampler(
         Salimans et al. 2024, Algorithm 1 (the sampler that is exported).
     """
     options = _check_export_arguments(model, num_steps, sampler, guidance_scale, output, clip,
-                                      text_encoder)
+                                      text_encoder, max_batch_size)
     from keras_mm.distillation.lora import merge_lora
 
     model = merge_lora(model)  # a LoRA student exports as plain weights, theta + delta
-    path = os.fspath(path)
+    path = _check_export_path(path)
     if keras.backend.backend() in DIRECT_BACKENDS:
         _write_saved_model(model, path, options, text_encoder)
     else:
@@ -115,13 +124,30 @@ def export_sampler(
         names = [*MODEL_ENDPOINTS, *(TOKEN_ENDPOINTS if text_encoder is not None else ())]
         kind = model.conditioning.name
         kind = kind if kind == "unconditional" else f"{kind}-conditional"
-        print(f"Saved a {num_steps}-step {sampler} sampler ({kind}, {output} images) to "
-              f"'{path}'. Endpoints: {', '.join(names)}.")
+        print(f"Saved a {num_steps}-step {sampler} sampler ({kind}, {output} images, at most "
+              f"{options['max_batch_size']} per call) to '{path}'. Endpoints: "
+              f"{', '.join(names)}.")
+    return path
+
+
+def _check_export_path(path):
+    """`path` as a string, or a one-line error when a SavedModel cannot be written there."""
+    path = os.fspath(path)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"The export path '{path}' is a file; a SavedModel is a directory: "
+                         "pass a new directory path.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    target = path if os.path.isdir(path) else parent
+    if not os.path.isdir(target) or not os.access(target, os.W_OK | os.X_OK):
+        raise ValueError(f"Cannot write the SavedModel to '{path}': '{target}' is not a "
+                         "writable directory. Pass a path in a directory you can write to.")
     return path
 
 
 def _check_export_arguments(model, num_steps, sampler, guidance_scale, output, clip,
-                            text_encoder):
+                            text_encoder, max_batch_size=MAX_BATCH_SIZE):
     """The export options as a dict, or a one-line error."""
     if not isinstance(model, DiffusionModel):
         hint = " Pass its `.generator`." if hasattr(model, "generator") else ""
@@ -131,7 +157,10 @@ def _check_export_arguments(model, num_steps, sampler, guidance_scale, output, c
     samplers.num_noise_draws(sampler, num_steps)  # validates both
     if output not in OUTPUTS:
         raise ValueError(f"Unknown output {output!r}; expected one of {OUTPUTS}.")
-    guidance_scale = float(guidance_scale)
+    guidance_scale = check_guidance_scale(guidance_scale)
+    if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, (int, np.integer)) \
+            or max_batch_size < 1:
+        raise ValueError(f"max_batch_size must be an integer >= 1; got {max_batch_size!r}.")
     if guidance_scale and not model.conditioning.keys:
         raise ValueError(
             f"guidance_scale={guidance_scale} needs a class-conditional model; this one has "
@@ -139,7 +168,7 @@ def _check_export_arguments(model, num_steps, sampler, guidance_scale, output, c
         )
     _check_text_encoder(model, text_encoder)
     return {"num_steps": num_steps, "sampler": sampler, "guidance_scale": guidance_scale,
-            "output": output, "clip": bool(clip)}
+            "output": output, "clip": bool(clip), "max_batch_size": int(max_batch_size)}
 
 
 def _check_text_encoder(model, text_encoder):
@@ -306,9 +335,19 @@ class _Builder:
 
     def condition_checks(self, condition, batch_size, what):
         if self.conditioning.keys:
-            return self.conditioning.export_checks(self._condition(condition), batch_size, what)
+            return (self.conditioning.export_checks(self._condition(condition), batch_size, what)
+                    + [self.batch_limit(batch_size)])
         return [self.tf.debugging.assert_positive(
-            batch_size, message=f"{what} must hold at least one image (B >= 1).")]
+            batch_size, message=f"{what} must hold at least one image (B >= 1)."),
+            self.batch_limit(batch_size)]
+
+    def batch_limit(self, batch_size):
+        """B <= max_batch_size, asserted in the graph."""
+        limit = self.options.get("max_batch_size", MAX_BATCH_SIZE)
+        return self.tf.debugging.assert_less_equal(
+            batch_size, self.tf.constant(limit, self.tf.int32),
+            message=f"The request asks for more than max_batch_size={limit} images; split it "
+            f"into calls of at most {limit} (or export with a larger max_batch_size).")
 
     def draw_noise(self, batch_size, seed):
         shape = [self.num_draws, batch_size, *self.image_shape]
@@ -327,14 +366,16 @@ def _sample_endpoint(b):
 
         def sample(batch_size, seed):
             check = tf.debugging.assert_positive(batch_size, message="batch_size must be >= 1.")
-            batch_size, seed = b.after([check], batch_size, seed)
+            batch_size, seed = b.after([check, b.batch_limit(batch_size)], batch_size, seed)
             return b.to_output(b.sample_core(b.draw_noise(batch_size, seed)))
 
         return b.endpoint(sample, ["batch_size", "seed"],
                           [tf.TensorSpec([], tf.int32, name="batch_size"), b.seed_spec])
 
     def sample(*args):
-        *condition, seed = b.after(b.conditioning.export_checks(b._condition(args)), *args)
+        checks = b.conditioning.export_checks(b._condition(args))
+        checks.append(b.batch_limit(tf.shape(args[0])[0]))
+        *condition, seed = b.after(checks, *args)
         noise = b.draw_noise(tf.shape(condition[0])[0], seed)
         return b.to_output(b.sample_core(noise, *condition))
 
@@ -381,6 +422,7 @@ def _metadata_endpoint(b):
                                        tf.int32),
             "text_dim": tf.constant(-1 if model.text_dim is None else model.text_dim, tf.int32),
             "sequence_length": tf.constant(sequence_length, tf.int32),
+            "max_batch_size": tf.constant(o.get("max_batch_size", MAX_BATCH_SIZE), tf.int32),
         }
 
     return b.endpoint(metadata, [], [])
@@ -397,6 +439,7 @@ def _encode_text_endpoint(b):
 def _sample_from_tokens_endpoint(b):
     def sample_from_tokens(token_ids, padding_mask, seed):
         checks = b.tokens.export_checks({"token_ids": token_ids, "padding_mask": padding_mask})
+        checks.append(b.batch_limit(b.tf.shape(token_ids)[0]))
         token_ids, padding_mask, seed = b.after(checks, token_ids, padding_mask, seed)
         condition = b.encode_core(token_ids, padding_mask)
         noise = b.draw_noise(b.tf.shape(token_ids)[0], seed)

@@ -9,6 +9,7 @@ bound to the incoming state, and the scope's final values become the new state.
 
 import keras
 
+from keras_mm import checks
 from keras_mm.backend.autodiff import bound
 
 _BACKEND = keras.backend.backend()
@@ -19,6 +20,21 @@ class IterationTrainer:
 
     def iteration(self, data):
         raise NotImplementedError
+
+    def check_batch(self, data):
+        """Check a concrete training batch on the host; raise a one-line ValueError. JAX
+        calls it on each batch before the jitted step, where values cannot be checked."""
+
+    def fit(self, *args, **kwargs):
+        """`keras.Model.fit`; a bad batch found inside a compiled step (a TensorFlow graph
+        assertion) is re-raised as its one-line ValueError."""
+        try:
+            return super().fit(*args, **kwargs)
+        except Exception as error:
+            line = checks.batch_error_line(error)
+            if line is None or isinstance(error, ValueError) and str(error) == line:
+                raise
+            raise ValueError(line) from None
 
     # Keras does not save SeedGenerator states; saving ours makes a resumed `fit`
     # (BackupAndRestore, load_weights) draw the same noise as an uninterrupted one.
@@ -57,6 +73,34 @@ class IterationTrainer:
                 for group, values_group in zip(groups, state)
             )
             return logs, new_state
+
+        def make_train_function(self, force=False):
+            super().make_train_function(force)
+            step = self.train_function
+            if getattr(step, "checks_batches", False):
+                return
+
+            def checked_step(state, iterator):
+                try:
+                    return step(state, (self._checked(data) for data in iterator))
+                except ValueError:
+                    # Keras emptied the variables for the step; a refused batch (checked
+                    # before the step took the state) must not leave the model without them.
+                    self._restore_state(state)
+                    raise
+
+            checked_step.checks_batches = True
+            self.train_function = checked_step
+
+        def _restore_state(self, state):
+            for group, values in zip(self._state_groups(), state):
+                for variable, value in zip(group, values):
+                    if not getattr(value, "is_deleted", lambda: False)():
+                        variable.assign(value)
+
+        def _checked(self, data):
+            self.check_batch(data)
+            return data
 
     else:
 

@@ -65,6 +65,11 @@ def main(argv=None):
     except (CommandError, ConfigError) as error:
         print(f"keras-mm {args.command}: error: {error}", file=sys.stderr)
         return 2
+    except OSError as error:
+        # The file system refused (disk full, permissions changed mid-run...): one line
+        # naming the path, not a traceback.
+        print(f"keras-mm {args.command}: error: {error}", file=sys.stderr)
+        return 1
 
 
 def build_parser():

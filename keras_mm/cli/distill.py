@@ -4,8 +4,11 @@ import argparse
 
 from keras_mm.cli.options import (
     TRAINING_FLAGS,
+    CommandError,
     add_config_arguments,
     add_run_arguments,
+    check_keras_file,
+    check_output_directory,
     config_epilog,
     print_config,
     require,
@@ -44,6 +47,7 @@ def add_command(subparsers):
 
 
 def run(args):
+    from keras_mm.configs import ConfigError
     from keras_mm.training import distill
 
     config = resolve_config(args, "distill", DISTILL_FLAGS)
@@ -51,5 +55,19 @@ def run(args):
         return print_config(config)
     require(args.teacher, "--teacher")
     require(args.run_dir, "--run-dir")
-    distill(config, args.teacher, args.run_dir, overwrite=args.overwrite, verbose=args.verbose)
+    check_output_directory(args.run_dir, "--run-dir")
+    check_keras_file(args.teacher, "--teacher")
+    try:
+        distill(config, args.teacher, args.run_dir, overwrite=args.overwrite,
+                verbose=args.verbose)
+    except ConfigError as error:
+        if "needs the preconditioner Lambda" not in str(error):
+            raise
+        # The library's message names Python arguments; here the fix is a config key.
+        raise CommandError(
+            f"distill.method=instant needs the preconditioner Lambda, and the teacher "
+            f"'{args.teacher}' has no usable Adam state (e.g. it was saved without its "
+            "optimizer). Set --set distill.preconditioner_steps=N to estimate Lambda from N "
+            "batches (e.g. 100), or pass the teacher.keras that train-teacher wrote."
+        ) from None
     return 0

@@ -8,6 +8,7 @@ import time
 
 from keras_mm.cli.options import (
     add_config_arguments,
+    check_keras_file,
     config_epilog,
     parse_int_list,
     print_config,
@@ -55,6 +56,7 @@ def run(args):
     from keras_mm.training.runs import check_runnable
 
     check_runnable(config)
+    check_keras_file(args.model, "--model")
     model = training.load_model(args.model, args.custom_module, allow_distiller=True)
     network = getattr(model, "generator", model)
     training.check_model_fits_data(network, config)

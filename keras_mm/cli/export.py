@@ -4,7 +4,9 @@ from keras_mm.cli.options import (
     CommandError,
     add_config_arguments,
     add_model_arguments,
+    check_output_directory,
     keras_model_and_steps,
+    positive_int,
     print_config,
     resolve_model_config,
 )
@@ -26,12 +28,15 @@ def add_command(subparsers):
     )
     parser.add_argument("--model", required=True, help=".keras file.")
     parser.add_argument("--out", required=True, help="SavedModel directory to write.")
-    parser.add_argument("--num-steps", type=int,
+    parser.add_argument("--num-steps", type=positive_int,
                         help="sampling steps k (required without --config; with it, k for a "
                         "generator or distiller, eval.teacher_num_steps for a teacher).")
     parser.add_argument("--output", default="uint8", choices=("uint8", "float"),
                         help="uint8 images in [0, 255] or float x-hat in [-1, 1].")
     add_model_arguments(parser)
+    parser.add_argument("--max-batch-size", type=positive_int, default=None,
+                        help="the most images one call of the SavedModel may ask for; larger "
+                        "requests are refused (default 1024, keras_mm.export.MAX_BATCH_SIZE).")
     parser.add_argument("--quiet", action="store_true", help="print nothing.")
     add_config_arguments(parser, default=None)
     parser.set_defaults(run=run)
@@ -41,8 +46,9 @@ def run(args):
     config = resolve_model_config(args, fallback=None)
     if args.print_config:
         return print_config(config)
-    from keras_mm.export import export_sampler
+    from keras_mm.export import MAX_BATCH_SIZE, export_sampler
 
+    check_output_directory(args.out, "--out")
     model, num_steps = keras_model_and_steps(args, config)
     encoder = None
     if model.text_dim is not None:
@@ -63,6 +69,7 @@ def run(args):
             clip=args.clip,
             verbose=not args.quiet,
             text_encoder=encoder,
+            max_batch_size=args.max_batch_size or MAX_BATCH_SIZE,
         )
     except (ValueError, NotImplementedError) as error:
         raise CommandError(str(error)) from None

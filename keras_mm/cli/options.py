@@ -124,6 +124,72 @@ def require(value, flag):
         raise CommandError(f"{flag} is required.")
 
 
+def positive_int(text):
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1; got {text!r}.")
+    return value
+
+
+def _nearest_existing(path):
+    path = os.path.abspath(path)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    return path
+
+
+def check_output_directory(path, flag):
+    """A CommandError unless directory `path` can be written (or created): not a file, and
+    its nearest existing ancestor a writable directory. Checked before any work starts."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise CommandError(f"{flag} '{path}' is a file, not a directory: pass a directory "
+                           "path (a new one is created).")
+    _check_writable(_nearest_existing(path), path, flag)
+
+
+def check_output_file(path, flag):
+    """A CommandError unless file `path` can be written (its directory created if needed)."""
+    if os.path.isdir(path):
+        raise CommandError(f"{flag} '{path}' is a directory: pass a file path, e.g. "
+                           f"{os.path.join(path, 'grid.png')}.")
+    _check_writable(_nearest_existing(os.path.dirname(os.path.abspath(path))), path, flag)
+
+
+def _check_writable(existing, path, flag):
+    if not os.path.isdir(existing):
+        raise CommandError(f"{flag} '{path}' cannot be created: '{existing}' is a file. Pass a "
+                           "path in a directory.")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise CommandError(f"{flag} '{path}': '{existing}' is not writable. Pass a path in a "
+                           "directory you can write to.")
+
+
+def check_keras_file(path, flag):
+    """A CommandError unless the .keras file `path` can be read: a zip archive whose weights
+    file opens (a copy cut short, e.g. by a full disk, fails here with one line instead of
+    inside the loader)."""
+    import zipfile
+
+    if not str(path).endswith(".keras") or not os.path.isfile(path):
+        return  # the loader says what is wrong with other paths
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = archive.namelist()
+            if "model.weights.h5" in names:
+                import h5py
+
+                with archive.open("model.weights.h5") as weights, h5py.File(weights, "r"):
+                    pass
+    except (OSError, zipfile.BadZipFile, RuntimeError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CommandError(f"{flag} '{path}' is damaged ({reason}); write it again (rerun the "
+                           "command that made it) or use an intact copy.") from None
+
+
 def parse_int_list(text):
     """`8,64` -> [8, 64] (argparse type)."""
     try:
@@ -157,6 +223,7 @@ def keras_model_and_steps(args, config):
             "A .keras model needs --num-steps: k for a distilled generator (e.g. 8), 64 to "
             "256 for a teacher (or pass --config to take it from a config)."
         )
+    check_keras_file(args.model, "--model")
     model = load_model(args.model, args.custom_module, allow_distiller=True)
     num_steps = args.num_steps
     if num_steps is None:

@@ -8,7 +8,9 @@ from keras_mm.cli.options import (
     CommandError,
     add_config_arguments,
     add_model_arguments,
+    check_output_file,
     keras_model_and_steps,
+    positive_int,
     print_config,
     resolve_model_config,
 )
@@ -30,7 +32,7 @@ def add_command(subparsers):
                         help="SavedModel directory or .keras file.")
     parser.add_argument("--labels", type=parse_labels,
                         help="comma-separated class labels, e.g. 1,2,3 (class-conditional).")
-    parser.add_argument("--num-samples", type=int,
+    parser.add_argument("--num-samples", type=positive_int,
                         help="number of images (unconditional models).")
     parser.add_argument("--captions", nargs="+", metavar="CAPTION",
                         help='captions, one image each (text-to-image models), e.g. '
@@ -39,7 +41,7 @@ def add_command(subparsers):
                         help="text file of captions, one per line (added after --captions).")
     parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0).")
     parser.add_argument("--out", required=True, help="PNG file to write.")
-    parser.add_argument("--num-steps", type=int,
+    parser.add_argument("--num-steps", type=positive_int,
                         help="sampling steps for a .keras model (a SavedModel has its own); "
                         "default with --config: k for a generator or distiller, "
                         "eval.teacher_num_steps for a teacher.")
@@ -66,6 +68,7 @@ def run(args):
         return print_config(config)
     from keras_mm.images import save_image_grid
 
+    check_output_file(args.out, "--out")
     args.captions = read_captions(args)
     given = [flag for flag, value in (("--labels", args.labels),
                                       ("--num-samples", args.num_samples),

@@ -6,6 +6,7 @@ from keras_mm.cli.options import (
     TRAINING_FLAGS,
     add_config_arguments,
     add_run_arguments,
+    check_output_directory,
     config_epilog,
     print_config,
     require,
@@ -40,5 +41,6 @@ def run(args):
     if args.print_config:
         return print_config(config)
     require(args.run_dir, "--run-dir")
+    check_output_directory(args.run_dir, "--run-dir")
     train_teacher(config, args.run_dir, overwrite=args.overwrite, verbose=args.verbose)
     return 0

@@ -152,6 +152,43 @@ class ModelConfig(Section):
             if key in self.uvit:
                 raise ConfigError(f"model.uvit.{key} is data.{key}, stated once: drop "
                                   f"model.uvit.{key} and set data.{key}.")
+        for key, value in self.uvit.items():
+            check_uvit_value(key, value)
+
+
+# The types of UViT's arguments (keras_mm.models.uvit.UViT), checked here so that a bad
+# --set names its key: "int" (None allowed where UViT's default is None), "ints" a list of
+# them, "number" a float. Keys not listed are left to UViT itself.
+UVIT_TYPES = {"base_channels": "int", "transformer_depth": "int", "num_heads": "int",
+              "dropout_from_level": "int", "mlp_ratio": "int", "norm_groups": "int",
+              "patch_size": "int", "embedding_dim": "int?", "output_channels": "int?",
+              "text_dim": "int?", "text_length": "int?", "channel_multipliers": "ints",
+              "num_res_blocks": "int or ints", "dropout": "number"}
+
+
+def check_uvit_value(key, value):
+    """A ConfigError naming `model.uvit.<key>` unless `value` has UViT's type for it."""
+    kind = UVIT_TYPES.get(key)
+    if kind is None:
+        return
+
+    def is_int(x):
+        return isinstance(x, int) and not isinstance(x, bool)
+
+    def is_ints(x):
+        return isinstance(x, list) and bool(x) and all(is_int(v) for v in x)
+
+    valid = {"int": is_int(value), "int?": value is None or is_int(value),
+             "ints": is_ints(value), "int or ints": is_int(value) or is_ints(value),
+             "number": isinstance(value, (int, float)) and not isinstance(value, bool)}[kind]
+    if not valid:
+        expected, example = {
+            "int": ("an integer", "64"), "int?": ("an integer or null", "64"),
+            "ints": ("a list of integers", "[1,2]"),
+            "int or ints": ("an integer or a list of integers", "2"),
+            "number": ("a number", "0.1")}[kind]
+        raise ConfigError(f"model.uvit.{key} must be {expected} (e.g. --set "
+                          f"model.uvit.{key}={example}); got {value!r}.")
 
 
 @dataclasses.dataclass

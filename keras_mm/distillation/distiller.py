@@ -5,6 +5,7 @@ import numpy as np
 from keras import ops
 
 from keras_mm.backend import IterationTrainer, jvp, stopped, value_and_grad
+from keras_mm.checks import check_guidance_scale, check_preconditioner
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
 from keras_mm.distillation.lora import LoRANetwork
@@ -184,7 +185,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.time_sampler = time_sampling.get_time_sampler(time_sampler, teacher.schedule)
         self.weighting = weighting
         self.conditional_sampling = bool(conditional_sampling)
-        self.teacher_guidance_scale = float(teacher_guidance_scale)
+        self.teacher_guidance_scale = check_guidance_scale(teacher_guidance_scale,
+                                                           "teacher_guidance_scale")
         self.clip_teacher = bool(clip_teacher)
         self.teacher_gradient_ema = float(teacher_gradient_ema)
         self.seed = seed
@@ -248,6 +250,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
                     f"with the same shapes ({len(shapes)} arrays); got "
                     f"{len(values)} arrays."
                 )
+        check_preconditioner(values)
         weights = []
         for value in values:
             weight = self.add_weight(shape=value.shape, initializer="zeros", trainable=False,
@@ -383,11 +386,11 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         return loss, objective
 
     # ------------------------------------------------------------------ the train step
+    def check_batch(self, data):
+        self.teacher.check_batch(data)
+
     def iteration(self, data):
-        images, condition = self.teacher.unpack_batch(data)
-        self.teacher.check_images(images)
-        images = ops.cast(images, "float32")
-        condition = self.teacher.check_condition(condition)
+        images, condition = self.teacher.checked_batch(data)
         if self.method == "alternating":
             self.auxiliary_update(images, condition)
             self.generator_update(images, condition)

@@ -8,6 +8,7 @@ import warnings
 import numpy as np
 from keras import ops
 
+from keras_mm import checks
 from keras_mm.backend import no_grad
 from keras_mm.metrics.class_accuracy import ClassAccuracy
 from keras_mm.metrics.extractors import get_feature_extractor
@@ -118,6 +119,12 @@ def sample_batches(model, num_samples, seed, batch_size, condition=None, **sampl
         with no_grad():
             images = model.sample(seed=seed + index, **inputs, **sample_kwargs)
         yield np.asarray(ops.convert_to_numpy(images), "float32"), batch
+
+
+def _checked_reference(images):
+    """Reference images as float32 in [-1, 1]: uint8 converted, NaN/inf and values far
+    outside [-1, 1] refused (a NaN reference gave a finite FID)."""
+    return checks.to_unit_range(np.asarray(images), "reference images")
 
 
 class Evaluator:
@@ -252,7 +259,8 @@ class Evaluator:
         if self.reference_stats is None:
             features = [
                 self.feature_extractor(batch)
-                for batch in iterate_image_batches(self.reference_data, self.batch_size)
+                for batch in iterate_image_batches(self.reference_data, self.batch_size,
+                                                   check=_checked_reference)
             ]
             if not features:
                 raise ValueError("`reference_data` is empty.")

@@ -112,7 +112,10 @@ class FeatureExtractor:
         return features, logits
 
     def _check_images(self, images):
-        images = np.asarray(ops.convert_to_numpy(images), dtype="float32")
+        images = np.asarray(ops.convert_to_numpy(images))
+        if images.dtype == np.uint8:  # [0, 255], as reference data often comes
+            images = images.astype("float32") / 127.5 - 1.0
+        images = images.astype("float32")
         if images.ndim != 4:
             raise ValueError(
                 f"{type(self).__name__} expects images of shape [B, H, W, C] (NHWC), got "

@@ -161,22 +161,24 @@ class FeatureStatistics:
         )
 
 
-def iterate_image_batches(images, batch_size=None):
-    """Yields numpy batches from an array (split by `batch_size`) or an iterable of batches."""
+def iterate_image_batches(images, batch_size=None, check=None):
+    """Yields numpy batches from an array (split by `batch_size`) or an iterable of batches,
+    each passed through `check` (e.g. `keras_mm.checks.to_unit_range`) when given."""
+    check = check or (lambda batch: batch)
     if isinstance(images, (list, tuple)) and images and np.ndim(images[0]) == 3:
         images = np.stack(images)
     if hasattr(images, "shape") and len(getattr(images, "shape", ())) == 4:
         images = ops.convert_to_numpy(images)
         step = batch_size or len(images) or 1
         for start in range(0, len(images), step):
-            yield images[start : start + step]
+            yield check(images[start : start + step])
         return
     for batch in images:
         if isinstance(batch, (tuple, list)):
             batch = batch[0]
         elif isinstance(batch, dict):
             batch = batch["images"]
-        yield ops.convert_to_numpy(batch)
+        yield check(ops.convert_to_numpy(batch))
 
 
 def check_same_feature_space(stats, extractor_name):

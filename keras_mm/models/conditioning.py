@@ -13,13 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-
-def _concrete(value):
-    """`value` as a NumPy array, or None for a symbolic tensor (inside a traced function)."""
-    try:
-        return np.asarray(ops.convert_to_numpy(value))
-    except Exception:  # noqa: BLE001 - each backend raises its own kind for tracers
-        return None
+from keras_mm import checks
 
 
 def _with_shapes(condition):
@@ -73,6 +67,11 @@ class Conditioning:
     def check_values(self, values):
         """Check the concrete values `{key: np.ndarray}` (e.g. a range); raise ValueError."""
 
+    def graph_value_checks(self, condition):
+        """`check_values` on symbolic tensors: a list of `(bool scalar tensor, message)`,
+        asserted inside a TensorFlow train step (`check` gates the condition on them)."""
+        return []
+
     # ------------------------------------------------------------------ checks
     def validate(self, condition, batch_size=None):
         """Raise a one-line ValueError unless `condition` fits this kind (no conversion)."""
@@ -92,7 +91,7 @@ class Conditioning:
         self.check_shapes(condition, batch_size)
         if type(self).check_values is Conditioning.check_values:
             return  # no value check: spare the copy to NumPy
-        values = {key: _concrete(value) for key, value in condition.items()}
+        values = {key: checks.concrete(value) for key, value in condition.items()}
         if all(value is not None for value in values.values()):
             self.check_values(values)
 
@@ -100,8 +99,15 @@ class Conditioning:
         """`validate`, then the condition as tensors of the signature's dtypes."""
         condition = _with_shapes(condition)
         self.validate(condition, batch_size)
-        return {key: ops.cast(condition[key], dtype)
-                for key, (_, dtype) in self.signature.items()}
+        condition = {key: ops.cast(condition[key], dtype)
+                     for key, (_, dtype) in self.signature.items()}
+        if any(checks.concrete(value) is None for value in condition.values()):
+            from keras_mm.backend import graph_assert
+
+            graph_checks = [(holds, checks.BATCH_PREFIX + message)
+                            for holds, message in self.graph_value_checks(condition)]
+            condition = dict(zip(condition, graph_assert(graph_checks, condition.values())))
+        return condition
 
     def check_shapes(self, condition, batch_size=None):
         """Ranks, fixed sizes, and sizes named alike (`"B"`, `"L"`) agreeing across keys;
@@ -309,10 +315,21 @@ class LabelConditioning(Conditioning):
         n = self.num_classes
         return f"labels must be in [0, {n}) (or {n}, the null label, for unconditional samples); got {got}."
 
+    def validate(self, condition, batch_size=None):
+        if isinstance(condition, dict) and "labels" in condition:
+            labels = condition["labels"]
+            checks.check_label_dtype(labels if hasattr(labels, "dtype") else np.asarray(labels))
+        super().validate(condition, batch_size)
+
     def check_values(self, values):
         labels = values["labels"]
         if labels.size and (labels.min() < 0 or labels.max() > self.num_classes):
             raise ValueError(self.range_message(f"values in [{labels.min()}, {labels.max()}]"))
+
+    def graph_value_checks(self, condition):
+        labels = condition["labels"]
+        return [(ops.logical_and(ops.all(labels >= 0), ops.all(labels <= self.num_classes)),
+                 self.range_message("a label outside it"))]
 
     def export_value_checks(self, tensors):
         import tensorflow as tf

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_mm import checks
 from keras_mm.backend import IterationTrainer, compile_with_variables, value_and_grad
 from keras_mm.diffusion import process, samplers, time_sampling
 from keras_mm.diffusion.schedules import CosineSchedule
@@ -66,18 +67,14 @@ def check_text_shapes(text_embeddings, text_mask, text_dim, batch_size=None):
 
 def check_training_arrays(model, x, y=None):
     """Validate numpy training data for `model` (a `DiffusionModel`) before `fit` compiles:
-    image shape, NaN/inf values and the condition (its keys, shapes and, e.g., the label
-    range). Datasets and generators are checked batch by batch inside the step."""
+    image shape, dtype, range and NaN/inf values, and the condition (its keys, shapes,
+    integer labels in range). Datasets and generators are checked batch by batch inside the
+    step."""
     images = x.get("images") if isinstance(x, dict) else x
     if not isinstance(images, np.ndarray):
         return
     model.check_images(images)
-    finite = np.isfinite(images).reshape(len(images), -1).all(axis=1)
-    if not finite.all():
-        raise ValueError(
-            f"The training images contain NaN or inf values ({int((~finite).sum())} examples, "
-            f"first at index {int(np.argmin(finite))}); clean the data before fit."
-        )
+    checks.check_image_values(images, "The training images")
     if isinstance(x, dict):
         condition = {k: np.asarray(v) for k, v in x.items() if k != "images"}
     else:
@@ -229,6 +226,24 @@ class DiffusionModel(IterationTrainer, keras.Model):
         """Validate NumPy training data before `fit` (see `check_training_arrays`)."""
         check_training_arrays(self, x, y)
 
+    def check_batch(self, data):
+        """Check a concrete training batch (see `IterationTrainer.check_batch`)."""
+        self.checked_batch(data)
+
+    def checked_batch(self, data):
+        """`(images, condition)` of a training batch, checked: images as float32 in [-1, 1]
+        (uint8 converted; NaN/inf and floats beyond about [-1, 1] refused), the condition
+        as tensors (integer labels in range). Refusals are one line starting with
+        `keras_mm.checks.BATCH_PREFIX`."""
+        images, condition = self.unpack_batch(data)
+        self.check_images(images)
+        images = checks.check_batch_images(images)
+        try:
+            condition = self.check_condition(condition)
+        except ValueError as error:
+            raise ValueError(checks.BATCH_PREFIX + str(error)) from None
+        return images, condition
+
     def check_images(self, images):
         if tuple(images.shape[1:]) != self.image_shape:
             raise ValueError(
@@ -303,10 +318,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         return self.conditioning.drop(condition, keep >= self.condition_dropout)
 
     def iteration(self, data):
-        images, condition = self.unpack_batch(data)
-        self.check_images(images)
-        images = ops.cast(images, "float32")
-        condition = self.check_condition(condition)
+        images, condition = self.checked_batch(data)
         batch_size = ops.shape(images)[0]
         t = keras.random.uniform((batch_size,), seed=self.seed_generator)
         noise = keras.random.normal(ops.shape(images), seed=self.seed_generator)
@@ -335,7 +347,9 @@ class DiffusionModel(IterationTrainer, keras.Model):
     def compile_from_config(self, config):
         """Restore the compiled optimizer (and its state) when a `.keras` file is loaded."""
         self.compile(**keras.saving.deserialize_keras_object(config))
-        self.optimizer.build(self.network.trainable_variables)
+        # theta, also when frozen: a distiller's teacher is loaded frozen, and its Adam state
+        # (the instant method's Lambda) must still find its slots.
+        self.optimizer.build(self.parameters)
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
@@ -374,9 +388,10 @@ class DiffusionModel(IterationTrainer, keras.Model):
             Samples of shape [B, *image_shape], roughly in [-1, 1].
         """
         samplers.check_num_steps(num_steps)
+        guidance_scale = checks.check_guidance_scale(guidance_scale)
         condition = dict(condition or {})
         if labels is not None:
-            condition["labels"] = ops.convert_to_tensor(np.asarray(labels), "int32")
+            condition["labels"] = np.asarray(labels)
         batch_size = self._batch_size(num_samples, condition, noise)
         condition = self.check_condition(condition, batch_size)
         if noise is None:
@@ -411,6 +426,9 @@ class DiffusionModel(IterationTrainer, keras.Model):
 
     def _batch_size(self, num_samples, condition, noise):
         batch_size = self.conditioning.batch_size(condition)
+        if batch_size == 0:
+            raise ValueError(f"{' and '.join(condition)} is empty; pass at least one "
+                             f"{self.conditioning.unit}.")
         if batch_size is not None:
             return batch_size
         if noise is not None:
