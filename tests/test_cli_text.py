@@ -5,6 +5,13 @@ The text encoder is a local KerasHub T5 preset written here (a tiny random T5 an
 SentencePiece vocabulary trained on the captions), so nothing is downloaded. The chain runs
 once per module, in-process through `main([...])`, with a tiny UViT and 4 training steps;
 the tests then check each artifact and the one-line errors of bad text configs.
+
+One backend (torch): what is text-specific here (caption configs, the encoder preset, the
+caption cache, the token-id export and `sample --captions`) is the same code on every
+backend. The backend-specific parts are tested on all three elsewhere: text-conditional
+training, distillation and in-process export by tests/test_text.py, the CLI's own chain
+(in-process export on JAX and TensorFlow) by tests/test_cli.py. Under torch, `export`
+re-runs itself under TensorFlow, so this chain also covers that route with a text encoder.
 """
 
 import json
@@ -34,7 +41,8 @@ from tests.helpers import (
     write_tiny_t5_preset,
 )
 
-pytestmark = pytest.mark.filterwarnings("ignore:.*does not support masking")
+pytestmark = [pytest.mark.filterwarnings("ignore:.*does not support masking"),
+              pytest.mark.one_backend("torch")]
 
 TEXT_DIM = 16
 SEQUENCE_LENGTH = 8
