@@ -19,7 +19,7 @@ PAPER_DISTILL = {
     "conditional_sampling": True,
     "teacher_guidance_scale": 0.0,
     "clip_teacher": False,
-    "teacher_gradient_ema": 0.0,
+    "teacher_gradient_ema": 0.99,
     "preconditioner_steps": 0,
     "batch_size": 2048,
     "steps": 200_000,

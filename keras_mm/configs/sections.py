@@ -215,15 +215,17 @@ class DistillConfig(Section):
                          "(Algorithm 3)", choices=("alternating", "instant"))
     time_sampler: str = option("edm", 'p(s): "edm" (the paper) or "uniform"',
                                choices=("edm", "uniform"))
-    weighting: str = option("auto", 'w(s): "auto" (flat for k <= 2, else EDM), "edm", "flat" '
-                            'or "dmd"', choices=("auto", "edm", "flat", "dmd"))
+    weighting: str = option("auto", 'w(s): "auto" (alternating: flat for k <= 2, else EDM; '
+                            'instant: flat), "edm", "flat" or "dmd"',
+                            choices=("auto", "edm", "flat", "dmd"))
     conditional_sampling: bool = option(True, "z_s ~ q(z_s | z_t, x~) (true, the paper) or "
                                         "q(z_s | x~)")
     teacher_guidance_scale: float = option(0.0, "classifier-free guidance of the teacher "
                                            "(section 5.3)")
     clip_teacher: bool = option(False, "clip the teacher's x-hat to [-1, 1]")
-    teacher_gradient_ema: float = option(0.0, "EMA decay of nu across instant iterations "
-                                         "(0: none)", minimum=0.0)
+    teacher_gradient_ema: float = option(0.99, "bias-corrected moving average of nu across "
+                                         "instant iterations (0: none, as in the paper)",
+                                         minimum=0.0)
     preconditioner_steps: int = option(0, "instant method: estimate Lambda from this many "
                                        "batches instead of the teacher's Adam state (0: use "
                                        "the Adam state)", minimum=0)
