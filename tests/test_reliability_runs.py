@@ -191,3 +191,114 @@ def test_distill_killed_20_times_ends_bit_identical(teacher_reference, tmp_path)
     expected = {int(row["epoch"]): row["fid"] for row in read_csv(reference_dir / "log.csv")}
     assert rows == expected
     assert [epoch for epoch, fid in sorted(expected.items()) if fid != "nan"] == [3, 7]
+
+
+@pytest.mark.one_backend("torch")
+def test_two_commands_on_one_run_directory_one_is_refused(teacher_reference, tmp_path):
+    reference, _ = teacher_reference
+    run_dir, log = tmp_path / "teacher", tmp_path / "log.txt"
+    first = start_child(teacher_command(run_dir), log)
+    lock = run_dir / ".lock"
+    deadline = time.monotonic() + 60
+    while not (lock.exists() and lock.read_text().strip() == str(first)):
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.01)
+    second_log = tmp_path / "second.txt"
+    assert run(teacher_command(run_dir), second_log) == 2
+    errors = [line for line in second_log.read_text().splitlines() if line.startswith("keras-mm ")]
+    assert errors == [f"keras-mm train-teacher: error: {run_dir} is in use by another keras-mm "
+                      f"command (process {first}). Wait for it to finish or stop it, or "
+                      "choose another --run-dir."]
+    assert wait(first) == 0, log.read_text()
+    assert_identical(run_dir / "teacher.keras", reference)  # undisturbed by the second
+
+
+@pytest.mark.one_backend("torch")
+def test_a_diverging_run_stops_and_its_last_good_checkpoint_resumes(teacher_reference,
+                                                                     tmp_path):
+    reference, _ = teacher_reference
+    run_dir, log = tmp_path / "teacher", tmp_path / "log.txt"
+    # Three good steps, killed in the 4th checkpoint write; then resumed at learning rate
+    # 1e30 (a resume may change it): step 4 leaves finite but exploded weights, which
+    # checkpoint 4 holds; step 5's loss on them is NaN.
+    assert run(teacher_command(run_dir), log, fault="checkpoint:4") == -signal.SIGKILL
+    assert run(teacher_command(run_dir, "--learning-rate", "1e30"), log) == 2
+    errors = [line for line in log.read_text().splitlines() if line.startswith("keras-mm ")]
+    assert errors == [
+        f"keras-mm train-teacher: error: Training diverged at step 5: loss is nan; the "
+        f"checkpoint of step 4 gave it and is removed; the last good checkpoint (step 3) "
+        f"stays in {run_dir / 'backup'}. Likely cause: a learning rate or guidance scale too "
+        "large: lower teacher.learning_rate (now 1e+30), and rerun to resume from it "
+        "(--overwrite to start over)."]
+    assert not (run_dir / "teacher.keras").exists()
+    assert checkpoint.complete_checkpoints(str(run_dir / "backup")) == [3]
+    # Rerun with the learning rate that works: it resumes from step 3 and ends where the
+    # uninterrupted run ends.
+    assert run(teacher_command(run_dir), log) == 0, log.read_text()
+    output = log.read_text()
+    assert "Resuming with teacher.learning_rate changed from 1e+30 to 0.001." in output
+    assert output.count("Resuming from the checkpoint at step 3.") == 2
+    assert_identical(run_dir / "teacher.keras", reference)
+    # A distillation diverging at its first step names the guidance scale, writes nothing.
+    student_dir = tmp_path / "student"
+    command = distill_command(student_dir, reference,
+                              "--set", "distill.teacher_guidance_scale=1e38",
+                              "--set", "distill.fid_every=0")
+    assert run(command, log) == 2
+    assert ("error: Training diverged at step 1: auxiliary_loss is inf; no good checkpoint "
+            "was written. Likely cause: a learning rate or guidance scale too large: lower "
+            "distill.learning_rate (now 0.0003) or distill.teacher_guidance_scale (now "
+            "1e+38), and rerun.") in log.read_text()
+    assert not [name for name in os.listdir(student_dir) if name.endswith(".keras")]
+
+
+@pytest.mark.one_backend("torch")
+def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(teacher_reference,
+                                                                  tmp_path):
+    reference, _ = teacher_reference
+    run_dir, log = tmp_path / "teacher", tmp_path / "log.txt"
+    assert run(teacher_command(run_dir), log, fault="checkpoint:4") == -signal.SIGKILL
+    backup = str(run_dir / "backup")
+    assert checkpoint.complete_checkpoints(backup) == [3, 2]  # the previous one is kept
+    with open(checkpoint.weights_path(backup, 3), "r+b") as file:  # a flipped byte
+        file.seek(4000)
+        byte = file.read(1)
+        file.seek(4000)
+        file.write(bytes([byte[0] ^ 0xFF]))
+    assert run(teacher_command(run_dir), log) == 0, log.read_text()
+    output = log.read_text()
+    assert ("Checkpoint ckpt-000003.json is damaged (its weights file does not match its "
+            "checksum); trying the one before it.") in output
+    assert "Resuming from the checkpoint at step 2." in output
+    assert_identical(run_dir / "teacher.keras", reference)
+
+
+@pytest.mark.one_backend("torch")
+def test_a_lock_is_exclusive_and_a_dead_holders_lock_is_taken_over(tmp_path):
+    from keras_mm.training.lock import RunDirLockedError, RunLock
+
+    (tmp_path / ".lock").write_text("999999999\n")  # left by a killed process
+    with RunLock(str(tmp_path)):
+        assert (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+        with pytest.raises(RunDirLockedError, match=f"in use .*process {os.getpid()}"):
+            RunLock(str(tmp_path)).__enter__()
+    with RunLock(str(tmp_path)):  # released on exit
+        pass
+
+
+@pytest.mark.one_backend("torch")
+def test_infinite_batches_from_a_start_continue_the_stream():
+    from keras_mm.datasets import infinite_batches
+
+    images = np.arange(10, dtype="float32")[:, None, None, None]
+    labels = np.arange(10)
+    whole = infinite_batches(images, labels, batch_size=3, seed=5)
+    batches = [next(whole) for _ in range(10)]  # 3 per pass: passes 0..3
+    for start in (0, 1, 3, 7):
+        resumed = infinite_batches(images, labels, batch_size=3, seed=5, start=start)
+        for expected in batches[start:]:
+            got = next(resumed)
+            np.testing.assert_array_equal(got[0], expected[0])
+            np.testing.assert_array_equal(got[1], expected[1])
+    with pytest.raises(ValueError, match="start must be an integer >= 0"):
+        next(infinite_batches(images, batch_size=3, start=-1))

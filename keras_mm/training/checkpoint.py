@@ -101,13 +101,8 @@ def complete_checkpoints(backup_dir, report=print):
 
     A checkpoint is complete when its record parses and its weights file matches the
     record's checksum; a damaged one is reported (`report`, one line) and skipped."""
-    found = []
-    for path in glob.glob(os.path.join(glob.escape(backup_dir), "ckpt-*.json")):
-        match = _NAME.search(os.path.basename(path))
-        if match:
-            found.append(int(match.group(1)))
     good = []
-    for epoch in sorted(found, reverse=True):
+    for epoch in recorded_epochs(backup_dir):
         problem = checkpoint_problem(backup_dir, epoch)
         if problem is None:
             good.append(epoch)
@@ -115,6 +110,16 @@ def complete_checkpoints(backup_dir, report=print):
             report(f"Checkpoint {os.path.basename(record_path(backup_dir, epoch))} is "
                    f"damaged ({problem}); trying the one before it.")
     return good
+
+
+def recorded_epochs(backup_dir):
+    """The epochs of the checkpoint records in `backup_dir`, newest first (unchecked)."""
+    found = []
+    for path in glob.glob(os.path.join(glob.escape(backup_dir), "ckpt-*.json")):
+        match = _NAME.search(os.path.basename(path))
+        if match:
+            found.append(int(match.group(1)))
+    return sorted(found, reverse=True)
 
 
 def checkpoint_problem(backup_dir, epoch):
@@ -185,6 +190,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self.resume_from = resume_from
         self.restored_epoch = 0
         self._last_saved_epoch = 0
+        self._epoch = 0
 
     def on_train_begin(self, logs=None):
         if not self.model.built:
@@ -213,26 +219,42 @@ class RunCheckpoint(keras.callbacks.Callback):
             self.model._initial_epoch = epoch
             return
 
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
     def on_train_batch_end(self, batch, logs=None):
-        loss = (logs or {}).get("loss")
-        if loss is not None and not math.isfinite(float(loss)):
-            self._diverged(f"the loss is {float(loss)}", epoch=None, batch=batch)
+        # `loss` for a teacher; `generator_loss`, `auxiliary_loss`, `instant_loss` for a
+        # distiller (each a running mean, non-finite from the bad step on).
+        for name, value in (logs or {}).items():
+            if name.endswith("loss") and not math.isfinite(float(value)):
+                self._diverged(f"{name} is {float(value)}", first_batch=batch == 0)
 
     def on_epoch_end(self, epoch, logs=None):
         bad = non_finite_variables(self.model)
         if bad:
-            self._diverged(f"{len(bad)} variables are not finite, e.g. {bad[0]}", epoch=epoch)
+            self._diverged(f"{len(bad)} variables are not finite, e.g. {bad[0]}")
         self.save(epoch + 1)
 
-    def _diverged(self, what, epoch, batch=None):
+    def _diverged(self, what, first_batch=False):
         step = _optimizer_step(self.model)
-        kept = (f"the last finite checkpoint (step {self._last_saved_epoch * self.steps_per_epoch}"
-                f") stays in {self.backup_dir}" if self._last_saved_epoch
-                else "no checkpoint was written")
+        dropped = ""
+        if first_batch and self._last_saved_epoch == self._epoch and self._epoch:
+            # The epoch's first loss was computed on the weights of the newest checkpoint:
+            # finite but exploded, they are no checkpoint to resume from.
+            for path in (record_path(self.backup_dir, self._epoch),
+                         weights_path(self.backup_dir, self._epoch)):
+                if os.path.exists(path):
+                    os.remove(path)
+            dropped = (f"the checkpoint of step {self._epoch * self.steps_per_epoch} gave it "
+                       "and is removed; ")
+        kept = recorded_epochs(self.backup_dir) if os.path.isdir(self.backup_dir) else []
+        kept_text = (f"the last good checkpoint (step {kept[0] * self.steps_per_epoch}) stays "
+                     f"in {self.backup_dir}" if kept else "no good checkpoint was written")
         hint = self.divergence_hint or "lower the learning rate"
+        rerun = "rerun to resume from it (--overwrite to start over)" if kept else "rerun"
         raise DivergenceError(
-            f"Training diverged at step {step}: {what}; {kept}. Likely cause: a learning "
-            f"rate or guidance scale too large: {hint}, and rerun (--overwrite to start over)."
+            f"Training diverged at step {step}: {what}; {dropped}{kept_text}. Likely cause: "
+            f"a learning rate or guidance scale too large: {hint}, and {rerun}."
         )
 
     def save(self, epoch):
@@ -246,7 +268,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         write_atomically(record_path(self.backup_dir, epoch),
                          lambda path: _write_json(path, record), fault_name="checkpoint_record")
         self._last_saved_epoch = epoch
-        for old in complete_checkpoints(self.backup_dir, report=lambda line: None)[KEEP:]:
+        for old in recorded_epochs(self.backup_dir)[KEEP:]:
             for path in (record_path(self.backup_dir, old), weights_path(self.backup_dir, old)):
                 if os.path.exists(path):
                     os.remove(path)

@@ -24,6 +24,9 @@ BACKUP_DIR = "backup"
 # What every run writes besides its artifacts (see `keras_mm.training.callbacks`), and the
 # FID reference statistics, which depend on the config. The caption-embedding cache stays:
 # it is keyed by caption and encoder.
+# What a resumed run may change: the cure of a divergence. The model, data and plan may not.
+RESUMABLE_CHANGES = ("teacher.learning_rate", "distill.learning_rate",
+                     "distill.teacher_guidance_scale")
 RUN_FILES = (CONFIG_FILE, "log.csv", "tensorboard", "samples", BACKUP_DIR, "reference_*.npz",
              checkpoint.TEMPORARY_PREFIX + "*")
 
@@ -88,7 +91,8 @@ def prepare_run_dir(run_dir, artifacts, config, overwrite=False, outputs=()):
     backup_dir = os.path.join(run_dir, BACKUP_DIR)
     remove_temporary_files(run_dir)
     if checkpoint.has_checkpoint(backup_dir):
-        check_same_config(run_dir, config)
+        if check_same_config(run_dir, config):
+            write_config(config_path, config)
         return checkpoint.resume_epoch(backup_dir)
     existing = [os.path.basename(path) for pattern in artifacts
                 for path in glob.glob(os.path.join(glob.escape(run_dir), pattern))]
@@ -100,30 +104,39 @@ def prepare_run_dir(run_dir, artifacts, config, overwrite=False, outputs=()):
     if os.path.isdir(run_dir):
         clear_run_dir(run_dir, outputs)
     os.makedirs(run_dir, exist_ok=True)
-
-    def write_config(path):
-        with open(path, "w") as f:
-            json.dump(config, f, indent=2)
-
-    checkpoint.write_atomically(config_path, write_config)
+    write_config(config_path, config)
     return 0
 
 
+def write_config(path, config):
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(config, f, indent=2)
+
+    checkpoint.write_atomically(path, write)
+
+
 def check_same_config(run_dir, config):
-    """An interrupted run resumes only with the config it started with."""
+    """An interrupted run resumes only with the config it started with, but for
+    `RESUMABLE_CHANGES` (said in one line). Returns whether the config changed."""
     try:
         saved = get_config(os.path.join(run_dir, CONFIG_FILE))  # with defaults added since
     except (OSError, ValueError) as error:
         raise ConfigError(
             f"{run_dir} holds an interrupted run whose {CONFIG_FILE} cannot be read ({error}). "
             "Pass --overwrite to start over.") from None
-    if saved != config:
-        changed = sorted(differences(saved, config))
+    changed = sorted(differences(saved, config))
+    if set(changed) - set(RESUMABLE_CHANGES):
         raise ConfigError(
             f"{run_dir} holds an interrupted run with another config (changed: "
-            f"{', '.join(changed)}). Resume with the same config, or pass --overwrite "
-            "to start over."
+            f"{', '.join(changed)}). Resume with the same config (only "
+            f"{', '.join(RESUMABLE_CHANGES)} may change), or pass --overwrite to start over."
         )
+    for key in changed:
+        section, name = key.split(".")
+        print(f"Resuming with {key} changed from {saved[section][name]!r} to "
+              f"{config[section][name]!r}.")
+    return bool(changed)
 
 
 def remove_temporary_files(run_dir):
