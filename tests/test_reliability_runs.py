@@ -10,6 +10,7 @@ the test process's backend, so the kill tests run in the torch pass only.
 
 import json
 import os
+import pathlib
 import random
 import signal
 import sys
@@ -57,7 +58,7 @@ def start_child(argv, log_path, fault=None):
         return pid
     code = 3
     try:
-        log = open(log_path, "a", buffering=1)
+        log = open(log_path, "a", buffering=1)  # noqa: SIM115 - open until os._exit
         os.dup2(log.fileno(), 1)
         os.dup2(log.fileno(), 2)
         sys.stdout = sys.stderr = log
@@ -134,6 +135,7 @@ def kill_and_resume(command, run_dir, total_epochs, final_points, artifact, refe
     """Kill `command` KILLS times (`kill_points`), rerunning it after each, then let it
     finish; its `artifact` must equal `reference` bit for bit."""
     rng = random.Random(seed)
+    output = pathlib.Path(log_path)
     for point in kill_points(rng, final_points):
         if point is None:
             code = run(command, log_path, kill_after=rng.uniform(0.2, 2.5))
@@ -141,12 +143,12 @@ def kill_and_resume(command, run_dir, total_epochs, final_points, artifact, refe
             if not point.startswith(("final", "cleanup")):
                 point = write_kill(point, run_dir, total_epochs)
             code = run(command, log_path, fault=point)
-        assert code == -signal.SIGKILL, f"kill {point}: exit {code}\n{open(log_path).read()}"
-    assert run(command, log_path) == 0, open(log_path).read()
+        assert code == -signal.SIGKILL, f"kill {point}: exit {code}\n{output.read_text()}"
+    assert run(command, log_path) == 0, output.read_text()
     assert_identical(os.path.join(run_dir, artifact), reference)
     assert not os.path.exists(os.path.join(run_dir, "backup"))
     assert not [name for name in os.listdir(run_dir) if name.startswith(".tmp-")]
-    return open(log_path).read()
+    return output.read_text()
 
 
 @pytest.fixture(scope="module")
@@ -206,9 +208,9 @@ def test_two_commands_on_one_run_directory_one_is_refused(teacher_reference, tmp
     second_log = tmp_path / "second.txt"
     assert run(teacher_command(run_dir), second_log) == 2
     errors = [line for line in second_log.read_text().splitlines() if line.startswith("keras-mm ")]
-    assert errors == [f"keras-mm train-teacher: error: {run_dir} is in use by another keras-mm "
-                      f"command (process {first}). Wait for it to finish or stop it, or "
-                      "choose another --run-dir."]
+    assert errors == [(f"keras-mm train-teacher: error: {run_dir} is in use by another "
+                       f"keras-mm command (process {first}). Wait for it to finish or stop "
+                       "it, or choose another --run-dir.")]
     assert wait(first) == 0, log.read_text()
     assert_identical(run_dir / "teacher.keras", reference)  # undisturbed by the second
 
@@ -224,12 +226,12 @@ def test_a_diverging_run_stops_and_its_last_good_checkpoint_resumes(teacher_refe
     assert run(teacher_command(run_dir), log, fault="checkpoint:4") == -signal.SIGKILL
     assert run(teacher_command(run_dir, "--learning-rate", "1e30"), log) == 2
     errors = [line for line in log.read_text().splitlines() if line.startswith("keras-mm ")]
-    assert errors == [
-        f"keras-mm train-teacher: error: Training diverged at step 5: loss is nan; the "
-        f"checkpoint of step 4 gave it and is removed; the last good checkpoint (step 3) "
+    assert errors == [(
+        "keras-mm train-teacher: error: Training diverged at step 5: loss is nan; the "
+        "checkpoint of step 4 gave it and is removed; the last good checkpoint (step 3) "
         f"stays in {run_dir / 'backup'}. Likely cause: a learning rate or guidance scale too "
         "large: lower teacher.learning_rate (now 1e+30), and rerun to resume from it "
-        "(--overwrite to start over)."]
+        "(--overwrite to start over).")]
     assert not (run_dir / "teacher.keras").exists()
     assert checkpoint.complete_checkpoints(str(run_dir / "backup")) == [3]
     # Rerun with the learning rate that works: it resumes from step 3 and ends where the

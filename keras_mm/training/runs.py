@@ -4,8 +4,9 @@ Each locks its run directory for its whole life (`RunLock`: a second command on 
 refused), prepares it (`prepare_run_dir`: start, resume or refuse), builds its models from
 the config, trains in checkpoints with the standard callbacks from the resumed step's batch
 of the data stream on, and saves its artifacts (atomically, before the checkpoints are
-removed). A run that diverges stops with `DivergenceError` and writes no artifact. `keras-mm train-teacher` and `keras-mm distill` are these functions behind a
-parser; from Python:
+removed). A run that diverges stops with `DivergenceError` and writes no artifact.
+`keras-mm train-teacher` and `keras-mm distill` are these functions behind a parser; from
+Python:
 
     config = keras_mm.configs.get_config("digits")
     teacher_path = keras_mm.training.train_teacher(config, "runs/teacher")
@@ -50,6 +51,8 @@ def fit_in_checkpoints(model, stream, epochs, steps_per_epoch, callbacks, verbos
         # The stream is shuffled already (and endless), so Keras has nothing to shuffle.
         return model.fit(stream, epochs=epochs, steps_per_epoch=steps_per_epoch,
                          callbacks=callbacks, verbose=verbose, shuffle=False)
+    except ConfigError:  # e.g. DivergenceError, already one line
+        raise
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
