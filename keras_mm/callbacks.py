@@ -248,11 +248,20 @@ class FIDCallback(keras.callbacks.Callback):
             print(f"FIDCallback: resuming with best fid={self.best_fid:.4f} from {path}")
 
     def _write_best_record(self):
+        # Each file through a temporary one renamed into place: a kill mid-write leaves the
+        # old file or the new one, never a truncated one that a resumed run would load.
+        from keras_mm.training.checkpoint import write_atomically
+
         os.makedirs(os.path.dirname(os.path.abspath(self.save_best_to)), exist_ok=True)
-        self.model.save_weights(self.save_best_to)
-        with open(self.best_record_path, "w") as file:
-            json.dump({"best_fid": float(self.best_fid), "best_epoch": self.best_epoch,
-                       "best_step": self.best_step, **self._record_key()}, file, indent=2)
+        write_atomically(self.save_best_to, self.model.save_weights)
+        record = {"best_fid": float(self.best_fid), "best_epoch": self.best_epoch,
+                  "best_step": self.best_step, **self._record_key()}
+
+        def write_record(path):
+            with open(path, "w") as file:
+                json.dump(record, file, indent=2)
+
+        write_atomically(self.best_record_path, write_record)
 
     def on_train_batch_end(self, batch, logs=None):
         # `batch` is the last step index within the epoch (steps_per_execution may skip some).

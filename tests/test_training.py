@@ -1,5 +1,6 @@
 """keras_mm.training from Python: the run directory and the distiller's optimizers."""
 
+import hashlib
 import json
 
 import keras
@@ -33,7 +34,9 @@ def test_an_interrupted_run_resumes_only_with_its_config(tmp_path):
     config = configs.get_config("digits")
     run_dir = tmp_path / "run"
     training.prepare_run_dir(str(run_dir), ["teacher.keras"], config)
-    touch(run_dir / "backup" / "training_metadata.json", '{"epoch": 3, "batch": 0}')
+    touch(run_dir / "backup" / "ckpt-000003.weights.h5", "weights")
+    digest = hashlib.sha256(b"weights").hexdigest()
+    touch(run_dir / "backup" / "ckpt-000003.json", json.dumps({"weights_sha256": digest}))
     assert training.prepare_run_dir(str(run_dir), ["teacher.keras"], config) == 3
     changed = configs.set_value(config, "teacher.steps", 200)
     with pytest.raises(ConfigError, match=r"another config \(changed: teacher.steps\)"):

@@ -45,7 +45,7 @@ def load_digits(return_labels=True, validation_fraction=0.0, seed=0):
 
 
 
-def infinite_batches(images, labels=None, batch_size=128, seed=0):
+def infinite_batches(images, labels=None, batch_size=128, seed=0, start=0):
     """Shuffled `(images, labels)` (or `images`) numpy batches, forever, reshuffled every pass.
 
     A backend-independent stream for `fit(..., steps_per_epoch=...)` over in-memory data,
@@ -56,6 +56,9 @@ def infinite_batches(images, labels=None, batch_size=128, seed=0):
         labels: optional array [N].
         batch_size: examples per batch (at most N).
         seed: shuffling seed.
+        start: the index of the first batch: the stream continues the one that started at
+            0 after `start` batches (a resumed run's position), drawing only the skipped
+            passes' permutations.
 
     Example:
     ```python
@@ -70,10 +73,17 @@ def infinite_batches(images, labels=None, batch_size=128, seed=0):
             f"batch_size must be in [1, {len(images)}] (the number of examples); got "
             f"{batch_size}."
         )
+    if not isinstance(start, (int, np.integer)) or start < 0:
+        raise ValueError(f"start must be an integer >= 0 (a batch index); got {start!r}.")
     rng = np.random.default_rng(seed)
+    per_pass = len(images) // batch_size
+    for _ in range(start // per_pass):
+        rng.permutation(len(images))
+    skip = start % per_pass
     while True:
         order = rng.permutation(len(images))
-        for start in range(0, len(order) - batch_size + 1, batch_size):
-            index = order[start : start + batch_size]
+        for batch in range(skip, per_pass):
+            index = order[batch * batch_size : (batch + 1) * batch_size]
             yield images[index] if labels is None else (images[index], labels[index])
+        skip = 0
 

@@ -2,8 +2,12 @@
 
 - `run_dir`: the run directory (start, refuse another config's checkpoint, resume) and the
   training plan in checkpoints.
+- `checkpoint`: `RunCheckpoint`, atomic checksummed checkpoints (the previous one kept) that
+  refuse non-finite weights (`DivergenceError`); `lock`: `RunLock`, one command per run
+  directory (`RunDirLockedError`); `faults`: the kill tests' `KERAS_MM_FAULT` hook.
+  docs/reliability.md says what a run keeps and how it resumes.
 - `callbacks`: the standard callbacks (progress bar via `fit`, CSV, TensorBoard,
-  `BackupAndRestore`, sample grids, FID with the best weights kept).
+  `RunCheckpoint`, sample grids, FID with the best weights kept).
 - `builders`: `build_teacher(config)`, `build_distiller(config, teacher)`, `load_model`.
 - `data`: config -> `training_stream`, `reference_images`; `captions`: `CaptionData`.
 - `runs`: `train_teacher(config, run_dir)` and `distill(config, teacher_path, run_dir)`.
@@ -24,7 +28,9 @@ from keras_mm.training.callbacks import (  # noqa: F401
     standard_callbacks,
 )
 from keras_mm.training.captions import CaptionData  # noqa: F401
+from keras_mm.training.checkpoint import DivergenceError, RunCheckpoint  # noqa: F401
 from keras_mm.training.data import reference_images, training_stream  # noqa: F401
+from keras_mm.training.lock import RunDirLockedError, RunLock  # noqa: F401
 from keras_mm.training.run_dir import (  # noqa: F401
     clear_run_dir,
     prepare_run_dir,

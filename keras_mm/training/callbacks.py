@@ -1,7 +1,8 @@
 """The standard callbacks of a training run, built from its config.
 
 `standard_callbacks` gives, in order, the run's own callbacks (FID), sample grids, the CSV
-and TensorBoard logs and `keras.callbacks.BackupAndRestore`, so that the checkpoint holds
+and TensorBoard logs and the checkpoint (`keras_mm.training.checkpoint.RunCheckpoint`:
+atomic, the previous one kept, non-finite weights refused), so that the checkpoint holds
 what they saw. `fid_callbacks` keeps the best weights by FID (FIDCallback's own record).
 
     callbacks = standard_callbacks("runs/teacher", "teacher", config, steps_per_epoch=100,
@@ -15,6 +16,7 @@ import os
 import keras
 
 from keras_mm.configs import ConfigError
+from keras_mm.training.checkpoint import RunCheckpoint
 from keras_mm.training.run_dir import BACKUP_DIR, in_checkpoints
 
 BEST_WEIGHTS = "best_fid.weights.h5"  # FIDCallback records its best beside: best_fid.best.json
@@ -36,8 +38,9 @@ class StepNamedPath(str):
         return str.format(self, step=epoch * self.steps_per_epoch)
 
 
-def standard_callbacks(run_dir, name, config, steps_per_epoch, sample_every, resuming=False,
-                       num_steps=None, captions=None, model_callbacks=()):
+def standard_callbacks(run_dir, name, config, steps_per_epoch, sample_every, resume_from=0,
+                       num_steps=None, captions=None, model_callbacks=(),
+                       divergence_hint=None):
     """The run's callbacks, in order: `model_callbacks` (FID), sample grids every
     `sample_every` steps (0: none), CSV and TensorBoard logs, then the checkpoint.
 
@@ -47,10 +50,14 @@ def standard_callbacks(run_dir, name, config, steps_per_epoch, sample_every, res
         config: the run's config.
         steps_per_epoch: steps per checkpoint.
         sample_every: steps between sample grids.
-        resuming: whether the run resumes (the CSV log is appended to).
+        resume_from: the checkpoint (epoch) the run resumes from, 0 for a fresh start (the
+            CSV log is appended to when resuming).
         num_steps: sampling steps of the grids (None: the model's default).
         captions: a `CaptionData` for text-to-image configs.
         model_callbacks: callbacks that run first.
+        divergence_hint: what a diverged run's message suggests (see `RunCheckpoint`).
+
+    The checkpoint callback is the last one, `callbacks[-1]`.
     """
     from keras_mm.callbacks import SampleGridCallback
 
@@ -69,11 +76,12 @@ def standard_callbacks(run_dir, name, config, steps_per_epoch, sample_every, res
             scale=max(1, 64 // config["data"]["image_shape"][0]),
         ))
     callbacks.append(keras.callbacks.CSVLogger(os.path.join(run_dir, "log.csv"),
-                                               append=resuming))
+                                               append=bool(resume_from)))
     if tensorboard_available():
         callbacks.append(keras.callbacks.TensorBoard(os.path.join(run_dir, "tensorboard"),
                                                      write_graph=False))
-    callbacks.append(keras.callbacks.BackupAndRestore(os.path.join(run_dir, BACKUP_DIR)))
+    callbacks.append(RunCheckpoint(os.path.join(run_dir, BACKUP_DIR), steps_per_epoch,
+                                   divergence_hint=divergence_hint, resume_from=resume_from))
     return callbacks
 
 
@@ -146,8 +154,9 @@ def fid_callbacks(config, run_dir, every_n_epochs, verbose=1, captions=None):
     )
 
     def fid_column(epoch, logs):
-        # CSVLogger fixes its columns at the first row: give `fid` one before the first FID.
-        if logs is not None:
-            logs.setdefault("fid", math.nan)
+        # CSVLogger fixes its columns at the first row: `fid` gets one from the first row,
+        # and NaN on rows without an evaluation (FIDCallback's logs repeat the last value).
+        if logs is not None and (epoch + 1) % every_n_epochs:
+            logs["fid"] = math.nan
 
     return [fid, keras.callbacks.LambdaCallback(on_epoch_end=fid_column)]

@@ -15,19 +15,22 @@ from keras_mm.configs import ConfigError
 FILE_SOURCES = ("image_folder", "npz")  # the user's own images, read from data.path
 
 
-def training_stream(config, batch_size, seed, captions=None):
+def training_stream(config, batch_size, seed, captions=None, start=0):
     """Endless training batches: `(images, labels)`, `(images,)` for unconditional configs, or
-    `{"images", "text_embeddings", "text_mask"}` for captions (`captions`: a CaptionData)."""
+    `{"images", "text_embeddings", "text_mask"}` for captions (`captions`: a CaptionData).
+
+    `start`: the index of the first batch, so that a resumed run continues the stream of
+    the uninterrupted one (same order, same position)."""
     from keras_mm import datasets
 
     data = config["data"]
     if data["source"] == "captions":
-        return captions.stream(batch_size, seed)
+        return captions.stream(batch_size, seed).skip(start)
     conditional = data["num_classes"] is not None
     if data["source"] in ("digits", *FILE_SOURCES):
         images, labels = in_memory_images(config)
         batches = datasets.infinite_batches(images, labels if conditional else None,
-                                            batch_size=batch_size, seed=seed)
+                                            batch_size=batch_size, seed=seed, start=start)
         # Keras takes a generator's batches as tuples: `(images,)` when unconditional.
         return batches if conditional else ((images,) for images in batches)
     try:
@@ -38,6 +41,7 @@ def training_stream(config, batch_size, seed, captions=None):
         )
     except datasets.DatasetNotAvailableError as error:
         raise ConfigError(f"{error} (config keys data.name, data.split, data.data_dir)") from None
+    dataset = dataset.skip(start)
     return dataset if conditional else dataset.map(lambda images, labels: images)
 
 

@@ -1,8 +1,11 @@
 """A training run's directory and plan: start, refuse another config's checkpoint, resume.
 
 A run trains in checkpoints of `checkpoint_every` steps (a Keras "epoch" each); after each
-one `keras.callbacks.BackupAndRestore` saves RUN_DIR/backup, so calling the same run again
-resumes it. RUN_DIR/config.json holds the config the run was started with.
+one `keras_mm.training.checkpoint.RunCheckpoint` saves RUN_DIR/backup (atomically, the
+previous checkpoint kept), so calling the same run again resumes it. RUN_DIR/config.json
+holds the config the run was started with. A run is finished when its artifacts exist and
+its checkpoints are gone: the artifacts are written (atomically) before the checkpoints are
+removed, so a run killed in between resumes at its last step and writes them again.
 
     steps_per_epoch, epochs = training_plan(config["teacher"], "teacher")
     resumed_epoch = prepare_run_dir("runs/teacher", ["teacher.keras"], config)
@@ -14,13 +17,18 @@ import os
 import shutil
 
 from keras_mm.configs import ConfigError, get_config
+from keras_mm.training import checkpoint
 
 CONFIG_FILE = "config.json"
 BACKUP_DIR = "backup"
 # What every run writes besides its artifacts (see `keras_mm.training.callbacks`), and the
 # FID reference statistics, which depend on the config. The caption-embedding cache stays:
 # it is keyed by caption and encoder.
-RUN_FILES = (CONFIG_FILE, "log.csv", "tensorboard", "samples", BACKUP_DIR, "reference_*.npz")
+# What a resumed run may change: the cure of a divergence. The model, data and plan may not.
+RESUMABLE_CHANGES = ("teacher.learning_rate", "distill.learning_rate",
+                     "distill.teacher_guidance_scale")
+RUN_FILES = (CONFIG_FILE, "log.csv", "tensorboard", "samples", BACKUP_DIR, "reference_*.npz",
+             checkpoint.TEMPORARY_PREFIX + "*")
 
 
 def training_plan(section, name):
@@ -80,18 +88,12 @@ def prepare_run_dir(run_dir, artifacts, config, overwrite=False, outputs=()):
     if overwrite and os.path.isdir(run_dir):
         clear_run_dir(run_dir, [*artifacts, *outputs])
     config_path = os.path.join(run_dir, CONFIG_FILE)
-    metadata_path = os.path.join(run_dir, BACKUP_DIR, "training_metadata.json")
-    if os.path.exists(metadata_path):
-        saved = get_config(config_path)  # with the defaults of keys added since
-        if saved != config:
-            changed = sorted(differences(saved, config))
-            raise ConfigError(
-                f"{run_dir} holds an interrupted run with another config (changed: "
-                f"{', '.join(changed)}). Resume with the same config, or pass --overwrite "
-                "to start over."
-            )
-        with open(metadata_path) as f:
-            return json.load(f)["epoch"]
+    backup_dir = os.path.join(run_dir, BACKUP_DIR)
+    remove_temporary_files(run_dir)
+    if checkpoint.has_checkpoint(backup_dir):
+        if check_same_config(run_dir, config):
+            write_config(config_path, config)
+        return checkpoint.resume_epoch(backup_dir)
     existing = [os.path.basename(path) for pattern in artifacts
                 for path in glob.glob(os.path.join(glob.escape(run_dir), pattern))]
     if existing:
@@ -102,9 +104,47 @@ def prepare_run_dir(run_dir, artifacts, config, overwrite=False, outputs=()):
     if os.path.isdir(run_dir):
         clear_run_dir(run_dir, outputs)
     os.makedirs(run_dir, exist_ok=True)
-    with open(config_path, "w") as f:
-        json.dump(config, f, indent=2)
+    write_config(config_path, config)
     return 0
+
+
+def write_config(path, config):
+    def write(temporary):
+        with open(temporary, "w") as f:
+            json.dump(config, f, indent=2)
+
+    checkpoint.write_atomically(path, write)
+
+
+def check_same_config(run_dir, config):
+    """An interrupted run resumes only with the config it started with, but for
+    `RESUMABLE_CHANGES` (said in one line). Returns whether the config changed."""
+    try:
+        saved = get_config(os.path.join(run_dir, CONFIG_FILE))  # with defaults added since
+    except (OSError, ValueError) as error:
+        raise ConfigError(
+            f"{run_dir} holds an interrupted run whose {CONFIG_FILE} cannot be read ({error}). "
+            "Pass --overwrite to start over.") from None
+    changed = sorted(differences(saved, config))
+    if set(changed) - set(RESUMABLE_CHANGES):
+        raise ConfigError(
+            f"{run_dir} holds an interrupted run with another config (changed: "
+            f"{', '.join(changed)}). Resume with the same config (only "
+            f"{', '.join(RESUMABLE_CHANGES)} may change), or pass --overwrite to start over."
+        )
+    for key in changed:
+        section, name = key.split(".")
+        print(f"Resuming with {key} changed from {saved[section][name]!r} to "
+              f"{config[section][name]!r}.")
+    return bool(changed)
+
+
+def remove_temporary_files(run_dir):
+    """Delete what killed writes left (`checkpoint.write_atomically`'s temporary files)."""
+    for directory in (run_dir, os.path.join(run_dir, BACKUP_DIR)):
+        pattern = os.path.join(glob.escape(directory), checkpoint.TEMPORARY_PREFIX + "*")
+        for path in glob.glob(pattern):
+            os.remove(path)
 
 
 def differences(a, b, prefix=""):

@@ -1,26 +1,32 @@
 """Whole training runs from a config: `train_teacher` and `distill`, resumable.
 
-Each prepares its run directory (`prepare_run_dir`: start, resume or refuse), builds its
-models from the config, trains in checkpoints with the standard callbacks and saves its
-artifacts. `keras-mm train-teacher` and `keras-mm distill` are these functions behind a
-parser; from Python:
+Each locks its run directory for its whole life (`RunLock`: a second command on it is
+refused), prepares it (`prepare_run_dir`: start, resume or refuse), builds its models from
+the config, trains in checkpoints with the standard callbacks from the resumed step's batch
+of the data stream on, and saves its artifacts (atomically, before the checkpoints are
+removed). A run that diverges stops with `DivergenceError` and writes no artifact.
+`keras-mm train-teacher` and `keras-mm distill` are these functions behind a parser; from
+Python:
 
     config = keras_mm.configs.get_config("digits")
     teacher_path = keras_mm.training.train_teacher(config, "runs/teacher")
     generator_path = keras_mm.training.distill(config, teacher_path, "runs/student")
 """
 
+import json
 import os
 
 import keras
 
 from keras_mm.configs import ConfigError, check_config
-from keras_mm.training import builders, captions, data
+from keras_mm.training import builders, captions, data, faults
 from keras_mm.training.callbacks import (
     BEST_WEIGHTS,
     fid_callbacks,
     standard_callbacks,
 )
+from keras_mm.training.checkpoint import write_atomically
+from keras_mm.training.lock import RunLock
 from keras_mm.training.run_dir import in_checkpoints, prepare_run_dir, training_plan
 
 TEACHER_ARTIFACTS = ["teacher.keras"]
@@ -45,6 +51,8 @@ def fit_in_checkpoints(model, stream, epochs, steps_per_epoch, callbacks, verbos
         # The stream is shuffled already (and endless), so Keras has nothing to shuffle.
         return model.fit(stream, epochs=epochs, steps_per_epoch=steps_per_epoch,
                          callbacks=callbacks, verbose=verbose, shuffle=False)
+    except ConfigError:  # e.g. DivergenceError, already one line
+        raise
     except ValueError as error:
         raise ConfigError(str(error)) from None
 
@@ -59,6 +67,12 @@ def train_teacher(config, run_dir, overwrite=False, verbose=1):
     check_runnable(config)
     training = config["teacher"]
     steps_per_epoch, epochs = training_plan(training, "teacher")
+    with RunLock(run_dir):
+        return _train_teacher(config, run_dir, overwrite, verbose, steps_per_epoch, epochs)
+
+
+def _train_teacher(config, run_dir, overwrite, verbose, steps_per_epoch, epochs):
+    training = config["teacher"]
     resumed_epoch = prepare_run_dir(run_dir, TEACHER_ARTIFACTS, config, overwrite)
     # The text encoder first: a missing one is reported before a large UViT is built.
     encoder = captions.load_text_encoder(config) if captions.is_text(config) else None
@@ -70,16 +84,30 @@ def train_teacher(config, run_dir, overwrite=False, verbose=1):
           f"{training['batch_size']}.")
     callbacks = standard_callbacks(
         run_dir, "teacher", config, steps_per_epoch, training["sample_every"],
-        resuming=bool(resumed_epoch), num_steps=config["eval"]["teacher_num_steps"],
-        captions=caption_data)
+        resume_from=resumed_epoch, num_steps=config["eval"]["teacher_num_steps"],
+        captions=caption_data,
+        divergence_hint=f"lower teacher.learning_rate (now {training['learning_rate']:g})")
     stream = data.training_stream(config, training["batch_size"], training["seed"],
-                                  caption_data)
+                                  caption_data, start=resumed_epoch * steps_per_epoch)
     fit_in_checkpoints(teacher, stream, epochs, steps_per_epoch, callbacks, verbose,
                        resumed_epoch)
-    path = os.path.join(run_dir, "teacher.keras")
-    teacher.save(path)
+    path = save_artifact(teacher, os.path.join(run_dir, "teacher.keras"))
     print(f"Wrote {path}")
+    finish(callbacks)
     return path
+
+
+def save_artifact(model, path):
+    """`model.save(path)` through a temporary file renamed into place: a kill leaves the
+    old file or the whole new one."""
+    write_atomically(path, model.save, fault_name="final")
+    return path
+
+
+def finish(callbacks):
+    """Remove the checkpoints, now that the artifacts are written."""
+    faults.maybe_kill("cleanup")
+    callbacks[-1].remove()
 
 
 def distill(config, teacher_path, run_dir, overwrite=False, verbose=1):
@@ -100,16 +128,24 @@ def distill(config, teacher_path, run_dir, overwrite=False, verbose=1):
     encoder = captions.load_text_encoder(config) if captions.is_text(config) else None
     teacher = builders.load_model(teacher_path, compile=needs_adam)
     builders.check_model_fits_data(teacher, config)
-    caption_data = captions.caption_data(config, teacher, run_dir, encoder)
-    resumed_epoch = prepare_run_dir(run_dir, DISTILL_ARTIFACTS, config, overwrite,
-                                    outputs=DISTILL_OUTPUTS)
+    with RunLock(run_dir):
+        caption_data = captions.caption_data(config, teacher, run_dir, encoder)
+        resumed_epoch = prepare_run_dir(run_dir, DISTILL_ARTIFACTS, config, overwrite,
+                                        outputs=DISTILL_OUTPUTS)
+        return _distill(config, teacher, run_dir, verbose, steps_per_epoch, epochs,
+                        fid_every, caption_data, resumed_epoch)
+
+
+def _distill(config, teacher, run_dir, verbose, steps_per_epoch, epochs, fid_every,
+             caption_data, resumed_epoch):
+    section = config["distill"]
     keras.utils.set_random_seed(section["seed"])
 
-    def stream():
+    def stream(start=0):
         return data.training_stream(config, section["batch_size"], section["seed"],
-                                    caption_data)
+                                    caption_data, start=start)
 
-    batches = stream()
+    batches = stream(resumed_epoch * steps_per_epoch)
     estimate = section["method"] == "instant" and section["preconditioner_steps"]
     distiller = builders.build_distiller(config, teacher,
                                          preconditioner_data=stream() if estimate else None)
@@ -118,19 +154,23 @@ def distill(config, teacher_path, run_dir, overwrite=False, verbose=1):
           f"{section['batch_size']}, peak learning rate "
           f"{builders.distill_learning_rate(config):g}.")
     fid = fid_callbacks(config, run_dir, fid_every, verbose, caption_data) if fid_every else []
+    hint = (f"lower distill.learning_rate (now {builders.distill_learning_rate(config):g}) or "
+            f"distill.teacher_guidance_scale (now {section['teacher_guidance_scale']:g})")
     callbacks = standard_callbacks(run_dir, "distill", config, steps_per_epoch,
-                                   section["sample_every"], resuming=bool(resumed_epoch),
-                                   captions=caption_data, model_callbacks=fid)
+                                   section["sample_every"], resume_from=resumed_epoch,
+                                   captions=caption_data, model_callbacks=fid,
+                                   divergence_hint=hint)
     fit_in_checkpoints(distiller, batches, epochs, steps_per_epoch, callbacks, verbose,
                        resumed_epoch)
-    path = os.path.join(run_dir, "distiller.keras")
-    distiller.save(path)
+    path = save_artifact(distiller, os.path.join(run_dir, "distiller.keras"))
     print(f"Wrote {path}")
     which = "final"
     if fid and os.path.exists(fid[0].save_best_to):
         distiller.load_weights(fid[0].save_best_to)
-        which = f"best FID {fid[0].best_fid:.4f}, step {fid[0].best_step}"
-    path = os.path.join(run_dir, "generator.keras")
-    distiller.generator.save(path)
+        with open(fid[0].best_record_path) as file:  # also when resumed at the last step
+            best = json.load(file)
+        which = f"best FID {best['best_fid']:.4f}, step {best['best_step']}"
+    path = save_artifact(distiller.generator, os.path.join(run_dir, "generator.keras"))
     print(f"Wrote {path} ({which})")
+    finish(callbacks)
     return path
