@@ -238,15 +238,16 @@ def count_sd3_medium(ranks=(4, 16)):
         predicted = np.polyval(coefficients, check)
         if abs(predicted - built[check][key]) > 0.5:
             raise RuntimeError(f"{key}: the count is not quadratic in h")
-        counts[key] = int(round(np.polyval(coefficients, h_target)))
+        counts[key] = round(float(np.polyval(coefficients, h_target)))
     p = counts["P"]
     gb = 1e9
-    lines = [f"\nSD3-medium MMDiT (KerasHub `stable_diffusion_3_medium`'s denoiser, h = "
-             f"{h_target}, 24 layers): P = {p / 1e9:.3f}B parameters, {counts['vectors'] / 1e6:.1f}M "
-             "of them in biases and norms. Counted exactly from KerasHub MMDiTs of the same "
-             f"structure at h = {', '.join(map(str, sizes))} (every count is quadratic in h; "
-             f"h = {check} built and checked), not from a 2B build.", "",
-             "| configuration | trained values | state, GB | multiple of P (float32) |",
+    title = (f"\nSD3-medium MMDiT (KerasHub `stable_diffusion_3_medium`'s denoiser, h = "
+             f"{h_target}, 24 layers): P = {p / 1e9:.3f}B parameters, "
+             f"{counts['vectors'] / 1e6:.1f}M of them in biases and norms. Counted exactly "
+             "from KerasHub MMDiTs of the same structure at h = "
+             f"{', '.join(map(str, sizes))} (every count is quadratic in h; h = {check} built "
+             "and checked), not from a 2B build.")
+    lines = [title, "", "| configuration | trained values | state, GB | multiple of P (float32) |",
              "|---|---|---|---|"]
 
     def row(name, trained, state_bytes):

@@ -18,10 +18,9 @@ import sys
 import keras
 import numpy as np
 import pytest
-
-import keras_mm
 from keras import ops
 
+import keras_mm
 from keras_mm.metrics import FeatureStatistics, InceptionScore, frechet_distance
 from keras_mm.metrics.extractors.fid_inception import (
     FID_INCEPTION_NAME,

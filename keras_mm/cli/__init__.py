@@ -26,8 +26,8 @@ class) or `--set data.source=npz --set data.path=FILE.npz`.
 `train-teacher`, `distill` and `evaluate` read a named config (`keras_mm.configs`) or a JSON
 file, changed by `--set section.key=value` and explicit flags. Training runs in checkpoints
 of `checkpoint_every` steps (a Keras "epoch" each): a progress bar, a CSV and TensorBoard row
-and a `keras.callbacks.BackupAndRestore` checkpoint per checkpoint, so re-running an
-interrupted command resumes it.
+and an atomic checkpoint (`keras_mm.training.checkpoint`, docs/reliability.md) each time, so
+re-running an interrupted command resumes it exactly.
 
 Each command is a module with `add_command(subparsers)`, which declares its arguments and
 sets `run=<function>` (parsed arguments -> exit code); list a new one in `COMMANDS`. Keras

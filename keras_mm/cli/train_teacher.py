@@ -24,7 +24,7 @@ def add_command(subparsers):
         "Adam state (the instant method's preconditioner), as "
         "RUN_DIR/teacher.keras. Training runs in checkpoints of teacher.checkpoint_every "
         "steps; re-running an interrupted command resumes from the last one "
-        "(keras.callbacks.BackupAndRestore in RUN_DIR/backup). Logs go to RUN_DIR/log.csv "
+        "(atomic checkpoints in RUN_DIR/backup, see docs/reliability.md). Logs go to RUN_DIR/log.csv "
         "and RUN_DIR/tensorboard, sample grids to RUN_DIR/samples."),
         epilog=config_epilog(("description", "data", "model", "teacher", "eval", "grid")),
         formatter_class=argparse.RawDescriptionHelpFormatter,

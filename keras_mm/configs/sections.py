@@ -199,9 +199,9 @@ class TeacherConfig(Section):
     learning_rate: float = option(1e-4, "teacher Adam learning rate after warmup (constant)",
                                   minimum=0.0)
     warmup_steps: int = option(1000, "linear learning-rate warmup of the teacher", minimum=0)
-    checkpoint_every: int = option(1000, "steps between checkpoints (BackupAndRestore), "
-                                   "CSV/TensorBoard rows and progress-bar epochs; divides "
-                                   "teacher.steps", minimum=1)
+    checkpoint_every: int = option(1000, "steps between checkpoints (atomic, in RUN_DIR/backup; "
+                                   "docs/reliability.md), CSV/TensorBoard rows and "
+                                   "progress-bar epochs; divides teacher.steps", minimum=1)
     sample_every: int = option(10_000, "steps between sample grids (a multiple of "
                                "checkpoint_every; 0: none)", minimum=0)
     seed: int = option(0, "seed of the teacher's initialisation, noise and data order")
@@ -240,9 +240,9 @@ class DistillConfig(Section):
                                  "distill.steps")
     adam: dict = option(PAPER_ADAM, "Adam arguments of both networks: beta_1, beta_2, "  # noqa: RUF009
                         "epsilon, global_clipnorm")
-    checkpoint_every: int = option(1000, "steps between checkpoints (BackupAndRestore), "
-                                   "CSV/TensorBoard rows and progress-bar epochs; divides "
-                                   "distill.steps", minimum=1)
+    checkpoint_every: int = option(1000, "steps between checkpoints (atomic, in RUN_DIR/backup; "
+                                   "docs/reliability.md), CSV/TensorBoard rows and "
+                                   "progress-bar epochs; divides distill.steps", minimum=1)
     sample_every: int = option(5000, "steps between sample grids (a multiple of "
                                "checkpoint_every; 0: none)", minimum=0)
     fid_every: int = option(5000, "steps between FIDs during distillation, the best kept (a "

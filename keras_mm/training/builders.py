@@ -165,6 +165,9 @@ def load_model(path, custom_modules=(), allow_distiller=False, compile=False):
             raise ConfigError(f"--custom-module {module}: {error}") from error
     try:
         model = keras.saving.load_model(path, compile=compile)
+    except OSError as error:  # h5py: an inner weights file cut short or damaged
+        raise ConfigError(f"'{path}' is damaged ({error}); write it again (rerun the command "
+                          "that made it).") from error
     except (TypeError, ValueError) as error:
         raise ConfigError(
             f"Could not load '{path}': {error}\nIf the network uses custom layers, pass the "
