@@ -55,6 +55,7 @@ def export_sampler(
     export_backend="tensorflow",
     verbose=True,
     text_encoder=None,
+    decoder=None,
 ):
     """Write a SavedModel that samples from `model` in `num_steps` steps.
 
@@ -80,6 +81,9 @@ def export_sampler(
         verbose: print where the SavedModel went and its endpoints.
         text_encoder: for a text-conditional model, the `keras_mm.TextEncoder` it was
             trained with: adds the token-id endpoints and the tokenizer's vocabulary.
+        decoder: for a latent model, a Keras model from latents to images in [-1, 1] (e.g.
+            `keras_mm.models.sd3.SD3Decoder`), applied inside `sample` and
+            `sample_from_noise`; `denoise` and `metadata`'s image_shape stay latent.
 
     Returns:
         `path`.
@@ -100,11 +104,15 @@ def export_sampler(
     """
     options = _check_export_arguments(model, num_steps, sampler, guidance_scale, output, clip,
                                       text_encoder)
+    if decoder is not None and not isinstance(decoder, keras.Layer):
+        raise TypeError(f"decoder must be a Keras model (latents -> images); got "
+                        f"{type(decoder).__name__}.")
     path = os.fspath(path)
     if keras.backend.backend() in DIRECT_BACKENDS:
-        _write_saved_model(model, path, options, text_encoder)
+        _write_saved_model(model, path, options, text_encoder, decoder)
     else:
-        _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder)
+        _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder,
+                              decoder)
     if text_encoder is not None:
         write_vocabulary(text_encoder, path)
     if verbose:
@@ -228,11 +236,14 @@ class _Builder:
     """What the endpoint builders share: the archive with the model's raw endpoints, the
     condition kind, and the TensorFlow pieces (checks, noise from a seed, output format)."""
 
-    def __init__(self, model, archive, options, text_encoder=None):
+    def __init__(self, model, archive, options, text_encoder=None, decoder=None):
         import tensorflow as tf
 
         self.tf, self.model, self.archive, self.options = tf, model, archive, options
         self.text_encoder = text_encoder
+        self.decoder = decoder
+        if decoder is not None:  # tracked before the endpoints that use it (see below)
+            archive.track(decoder)
         self.conditioning = model.conditioning
         self.image_shape = tuple(model.image_shape)
         self.num_draws = samplers.num_noise_draws(options["sampler"], options["num_steps"])
@@ -268,8 +279,9 @@ class _Builder:
 
     def _sample_fn(self, noise, *condition):
         o = self.options
-        return self.model.sample_from_noise(noise, self._condition(condition), o["num_steps"],
-                                            o["sampler"], o["guidance_scale"], o["clip"])
+        samples = self.model.sample_from_noise(noise, self._condition(condition), o["num_steps"],
+                                               o["sampler"], o["guidance_scale"], o["clip"])
+        return samples if self.decoder is None else self.decoder(samples)
 
     def _denoise_fn(self, noisy, logsnr, *condition):
         return self.model.denoise(noisy, logsnr, self._condition(condition))
@@ -410,10 +422,10 @@ TOKEN_ENDPOINTS = {"sample_from_tokens": _sample_from_tokens_endpoint,
                    "encode_text": _encode_text_endpoint}
 
 
-def _write_saved_model(model, path, options, text_encoder=None):
+def _write_saved_model(model, path, options, text_encoder=None, decoder=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
-    builder = _Builder(model, archive, options, text_encoder)
+    builder = _Builder(model, archive, options, text_encoder, decoder)
     tables = [MODEL_ENDPOINTS] + ([TOKEN_ENDPOINTS] if text_encoder is not None else [])
     for table in tables:
         for name, build in table.items():
@@ -425,14 +437,15 @@ def _write_saved_model(model, path, options, text_encoder=None):
 
 
 # ---------------------------------------------------------------------- the torch route
-def _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder=None):
-    """Save `model` (and `text_encoder`) as `.keras` and run `export_from_spec` on them in a
+def _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder=None,
+                          decoder=None):
+    """Save `model` (and `text_encoder`, `decoder`) as `.keras` and run `export_from_spec` on them in a
     Python subprocess under `export_backend`."""
     if export_backend not in DIRECT_BACKENDS:
         raise ValueError(
             f"export_backend must be one of {DIRECT_BACKENDS}; got {export_backend!r}."
         )
-    objects = {"model": model, "text_encoder": text_encoder}
+    objects = {"model": model, "text_encoder": text_encoder, "decoder": decoder}
     objects = {name: item for name, item in objects.items() if item is not None}
     modules = custom_object_modules([keras.saving.serialize_keras_object(item)
                                      for item in objects.values()])
@@ -468,8 +481,8 @@ def _export_in_subprocess(model, path, export_backend, verbose, options, text_en
 
 def export_from_spec(spec_path):
     """The export subprocess of the torch route: load the `.keras` files that a JSON spec
-    names (`model`, optional `text_encoder`, `modules` to import first) and write the
-    SavedModel `out` with `options`."""
+    names (`model`, optional `text_encoder` and `decoder`, `modules` to import first) and
+    write the SavedModel `out` with `options`."""
     import importlib
 
     with open(spec_path) as file:
@@ -478,7 +491,8 @@ def export_from_spec(spec_path):
         importlib.import_module(module)
     model = keras.saving.load_model(spec["model"])
     encoder = keras.saving.load_model(spec["text_encoder"]) if "text_encoder" in spec else None
-    _write_saved_model(model, spec["out"], spec["options"], encoder)
+    decoder = keras.saving.load_model(spec["decoder"]) if "decoder" in spec else None
+    _write_saved_model(model, spec["out"], spec["options"], encoder, decoder)
 
 
 def custom_object_modules(config):

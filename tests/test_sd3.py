@@ -95,6 +95,8 @@ def test_teacher_samples_latents_and_decodes(backbone, prompts):
 @pytest.mark.parametrize("method", ["alternating", "instant"])
 def test_both_methods_distill_and_save(backbone, data, method, tmp_path):
     teacher = sd3.sd3_teacher(backbone)
+    # theta is the MMDiT's weights, also once an earlier distiller froze the shared MMDiT.
+    assert len(teacher.parameters) == len(backbone.diffuser.weights)
     distiller = keras_mm.MomentMatchingDistiller(
         teacher, num_steps=2, method=method, teacher_guidance_scale=1.5,
         preconditioner="identity" if method == "instant" else None, seed=0)
@@ -143,18 +145,25 @@ def test_backup_and_restore_resumes_bit_identically(backbone, data, tmp_path):
 def test_exported_sampler_matches_in_process(backbone, prompts, tmp_path):
     tf = pytest.importorskip("tensorflow")
     teacher = sd3.sd3_teacher(backbone)
+    decoder = sd3.SD3Decoder.from_backbone(backbone)
     path = keras_mm.export_sampler(teacher, str(tmp_path / "sd3"), num_steps=2,
-                                   guidance_scale=1.5, output="float", verbose=False)
+                                   guidance_scale=1.5, output="float", verbose=False,
+                                   decoder=decoder)
     exported = tf.saved_model.load(path)
     condition = {k: v[:2] for k, v in prompts.items()}
     noise = keras_mm.export.sampler_noise([4, 2], 2, teacher.image_shape, 2)
-    expected = np_(teacher.sample(condition=condition, noise=noise, num_steps=2,
-                                  guidance_scale=1.5))
+    latents = teacher.sample(condition=condition, noise=noise, num_steps=2, guidance_scale=1.5)
+    expected = np_(decoder(latents))
+    # The decoder is KerasHub's decode step.
+    np.testing.assert_allclose(np_(sd3.decode_latents(backbone, latents)), expected, atol=1e-5)
     from_noise = exported.sample_from_noise(**condition, noise=noise).numpy()
     from_seed = exported.sample(**condition, seed=tf.constant([4, 2])).numpy()
+    assert from_noise.shape == (2, 32, 32, 3)
     np.testing.assert_allclose(from_noise, expected, atol=1e-4)
     np.testing.assert_allclose(from_seed, expected, atol=1e-4)
     with pytest.raises(tf.errors.InvalidArgumentError, match="pooled_projection"):
         exported.sample(context=condition["context"],
                         pooled_projection=condition["pooled_projection"][:1],
                         seed=tf.constant([0, 0]))
+    with pytest.raises(TypeError, match="decoder"):
+        keras_mm.export_sampler(teacher, str(tmp_path / "bad"), num_steps=2, decoder=np.ones)

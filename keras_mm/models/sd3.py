@@ -102,8 +102,12 @@ class SD3Denoiser(keras.Model):
 
     @classmethod
     def from_backbone(cls, backbone):
-        """The denoiser of a `keras_hub.models.StableDiffusion3Backbone` (shares its MMDiT)."""
-        return cls(backbone.diffuser, num_train_timesteps=backbone.num_train_timesteps)
+        """The denoiser of a `keras_hub.models.StableDiffusion3Backbone` (shares its MMDiT).
+
+        Frozen when the MMDiT is (e.g. by a distiller of another teacher on this backbone),
+        so that `DiffusionModel` still finds its parameters theta."""
+        return cls(backbone.diffuser, num_train_timesteps=backbone.num_train_timesteps,
+                   trainable=backbone.diffuser.trainable)
 
     def timestep(self, logsnr):
         """SD3's timestep input for logSNR: num_train_timesteps * sigmoid(-logSNR / 2)."""
@@ -127,6 +131,64 @@ class SD3Denoiser(keras.Model):
         config = super().get_config()
         config.update({"mmdit": keras.saving.serialize_keras_object(self.mmdit),
                        "num_train_timesteps": self.num_train_timesteps})
+        return config
+
+    @classmethod
+    def from_config(cls, config):
+        return cls(**config)
+
+
+@keras.saving.register_keras_serializable(package="keras_mm")
+class SD3Decoder(keras.Model):
+    """SD3's VAE decoder on the teacher's scaled latents: images = decoder(z / scale + shift).
+
+    What `export_sampler(..., decoder=...)` puts inside a SavedModel, so that it returns
+    images; `decode_latents` is the same step on the backbone.
+
+    Args:
+        decoder: the VAE's decoder layer (a `VAEBackbone`'s `.decoder`).
+        scale: the VAE's latent scale (`vae.scale`, 1.5305 for SD3).
+        shift: the VAE's latent shift (`vae.shift`, 0.0609 for SD3).
+        latent_channels: the latents' channels (16 for SD3).
+
+    Call arguments:
+        latents: [B, h, w, 16] scaled latents (samples of an SD3 teacher or student).
+
+    Example:
+    ```python
+    decoder = keras_mm.models.sd3.SD3Decoder.from_backbone(backbone)
+    images = decoder(latents)  # [B, 8h, 8w, 3], about [-1, 1]
+    ```
+    """
+
+    def __init__(self, decoder, scale, shift, latent_channels=16, **kwargs):
+        super().__init__(**kwargs)
+        if isinstance(decoder, dict):
+            decoder = keras.saving.deserialize_keras_object(decoder)
+        self.decoder = decoder
+        self.scale = float(scale)
+        self.shift = float(shift)
+        self.latent_channels = int(latent_channels)
+        if not decoder.built:  # built at once, so that it loads weights and exports
+            decoder.build((None, None, None, self.latent_channels))
+        self.built = True
+
+    @classmethod
+    def from_backbone(cls, backbone):
+        """The decoder of a `keras_hub.models.StableDiffusion3Backbone` (shares its weights)."""
+        return cls(backbone.vae.decoder, backbone.vae.scale, backbone.vae.shift,
+                   backbone.latent_channels)
+
+    def call(self, latents):
+        latents = ops.convert_to_tensor(latents, "float32")
+        return ops.cast(self.decoder(latents / self.scale + self.shift, training=False),
+                        "float32")
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"decoder": keras.saving.serialize_keras_object(self.decoder),
+                       "scale": self.scale, "shift": self.shift,
+                       "latent_channels": self.latent_channels})
         return config
 
     @classmethod
