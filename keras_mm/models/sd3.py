@@ -91,8 +91,9 @@ class SD3Denoiser(keras.Model):
 
     def __init__(self, mmdit, num_train_timesteps=1000, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(mmdit, dict):
+        if isinstance(mmdit, dict):  # a fresh copy: this wrapper's flag says if it trains
             mmdit = keras.saving.deserialize_keras_object(mmdit)
+            mmdit.trainable = True
         self.mmdit = mmdit
         self.num_train_timesteps = int(num_train_timesteps)
         self.image_shape = tuple(mmdit.latent_shape)
@@ -129,6 +130,9 @@ class SD3Denoiser(keras.Model):
 
     def get_config(self):
         config = super().get_config()
+        # A copy (a distiller's generator) is a fresh trainable network, also of a teacher
+        # that was frozen when it was built (`from_backbone`).
+        config.pop("trainable", None)
         config.update({"mmdit": keras.saving.serialize_keras_object(self.mmdit),
                        "num_train_timesteps": self.num_train_timesteps})
         return config
