@@ -19,5 +19,11 @@ from keras_mm.distillation import (  # noqa: F401
 )
 from keras_mm.export import export_sampler  # noqa: F401
 from keras_mm.models import DiffusionModel, MLPDenoiser, TextEncoder, UViT  # noqa: F401
+from keras_mm.models.sd3 import (  # noqa: F401
+    SD3Conditioning,
+    SD3Decoder,
+    SD3Denoiser,
+    sd3_teacher,
+)
 
 __version__ = "0.1.0"

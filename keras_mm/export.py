@@ -61,6 +61,7 @@ def export_sampler(
     verbose=True,
     text_encoder=None,
     max_batch_size=MAX_BATCH_SIZE,
+    decoder=None,
 ):
     """Write a SavedModel that samples from `model` in `num_steps` steps.
 
@@ -90,6 +91,9 @@ def export_sampler(
         max_batch_size: the most images one call may ask for (default 1024,
             `keras_mm.export.MAX_BATCH_SIZE`); a larger request is refused in the graph
             instead of exhausting the server's memory.
+        decoder: for a latent model, a Keras model from latents to images in [-1, 1] (e.g.
+            `keras_mm.models.sd3.SD3Decoder`), applied inside `sample` and
+            `sample_from_noise`; `denoise` and `metadata`'s image_shape stay latent.
 
     Returns:
         `path`.
@@ -110,14 +114,18 @@ def export_sampler(
     """
     options = _check_export_arguments(model, num_steps, sampler, guidance_scale, output, clip,
                                       text_encoder, max_batch_size)
+    if decoder is not None and not isinstance(decoder, keras.Layer):
+        raise TypeError(f"decoder must be a Keras model (latents -> images); got "
+                        f"{type(decoder).__name__}.")
     from keras_mm.distillation.lora import merge_lora
 
     model = merge_lora(model)  # a LoRA student exports as plain weights, theta + delta
     path = _check_export_path(path)
     if keras.backend.backend() in DIRECT_BACKENDS:
-        _write_saved_model(model, path, options, text_encoder)
+        _write_saved_model(model, path, options, text_encoder, decoder)
     else:
-        _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder)
+        _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder,
+                              decoder)
     if text_encoder is not None:
         write_vocabulary(text_encoder, path)
     if verbose:
@@ -261,11 +269,14 @@ class _Builder:
     """What the endpoint builders share: the archive with the model's raw endpoints, the
     condition kind, and the TensorFlow pieces (checks, noise from a seed, output format)."""
 
-    def __init__(self, model, archive, options, text_encoder=None):
+    def __init__(self, model, archive, options, text_encoder=None, decoder=None):
         import tensorflow as tf
 
         self.tf, self.model, self.archive, self.options = tf, model, archive, options
         self.text_encoder = text_encoder
+        self.decoder = decoder
+        if decoder is not None:  # tracked before the endpoints that use it (see below)
+            archive.track(decoder)
         self.conditioning = model.conditioning
         self.image_shape = tuple(model.image_shape)
         self.num_draws = samplers.num_noise_draws(options["sampler"], options["num_steps"])
@@ -301,8 +312,9 @@ class _Builder:
 
     def _sample_fn(self, noise, *condition):
         o = self.options
-        return self.model.sample_from_noise(noise, self._condition(condition), o["num_steps"],
-                                            o["sampler"], o["guidance_scale"], o["clip"])
+        samples = self.model.sample_from_noise(noise, self._condition(condition), o["num_steps"],
+                                               o["sampler"], o["guidance_scale"], o["clip"])
+        return samples if self.decoder is None else self.decoder(samples)
 
     def _denoise_fn(self, noisy, logsnr, *condition):
         return self.model.denoise(noisy, logsnr, self._condition(condition))
@@ -457,10 +469,10 @@ TOKEN_ENDPOINTS = {"sample_from_tokens": _sample_from_tokens_endpoint,
                    "encode_text": _encode_text_endpoint}
 
 
-def _write_saved_model(model, path, options, text_encoder=None):
+def _write_saved_model(model, path, options, text_encoder=None, decoder=None):
     archive = keras.export.ExportArchive()
     archive.track(model)
-    builder = _Builder(model, archive, options, text_encoder)
+    builder = _Builder(model, archive, options, text_encoder, decoder)
     tables = [MODEL_ENDPOINTS] + ([TOKEN_ENDPOINTS] if text_encoder is not None else [])
     for table in tables:
         for name, build in table.items():
@@ -472,14 +484,15 @@ def _write_saved_model(model, path, options, text_encoder=None):
 
 
 # ---------------------------------------------------------------------- the torch route
-def _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder=None):
-    """Save `model` (and `text_encoder`) as `.keras` and run `export_from_spec` on them in a
+def _export_in_subprocess(model, path, export_backend, verbose, options, text_encoder=None,
+                          decoder=None):
+    """Save `model` (and `text_encoder`, `decoder`) as `.keras` and run `export_from_spec` on them in a
     Python subprocess under `export_backend`."""
     if export_backend not in DIRECT_BACKENDS:
         raise ValueError(
             f"export_backend must be one of {DIRECT_BACKENDS}; got {export_backend!r}."
         )
-    objects = {"model": model, "text_encoder": text_encoder}
+    objects = {"model": model, "text_encoder": text_encoder, "decoder": decoder}
     objects = {name: item for name, item in objects.items() if item is not None}
     modules = custom_object_modules([keras.saving.serialize_keras_object(item)
                                      for item in objects.values()])
@@ -515,8 +528,8 @@ def _export_in_subprocess(model, path, export_backend, verbose, options, text_en
 
 def export_from_spec(spec_path):
     """The export subprocess of the torch route: load the `.keras` files that a JSON spec
-    names (`model`, optional `text_encoder`, `modules` to import first) and write the
-    SavedModel `out` with `options`."""
+    names (`model`, optional `text_encoder` and `decoder`, `modules` to import first) and
+    write the SavedModel `out` with `options`."""
     import importlib
 
     with open(spec_path) as file:
@@ -525,7 +538,8 @@ def export_from_spec(spec_path):
         importlib.import_module(module)
     model = keras.saving.load_model(spec["model"])
     encoder = keras.saving.load_model(spec["text_encoder"]) if "text_encoder" in spec else None
-    _write_saved_model(model, spec["out"], spec["options"], encoder)
+    decoder = keras.saving.load_model(spec["decoder"]) if "decoder" in spec else None
+    _write_saved_model(model, spec["out"], spec["options"], encoder, decoder)
 
 
 def custom_object_modules(config):

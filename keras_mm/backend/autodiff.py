@@ -153,8 +153,20 @@ def jvp(fn, variables, tangents):
             return fn()
 
     tangents = [ops.cast(t, p.dtype) for t, p in zip(tangents, primals)]
-    out, tangent_out = ops.jvp(f, (primals,), (tangents,))
+    with _forward_mode_attention():
+        out, tangent_out = ops.jvp(f, (primals,), (tangents,))
     return out, tangent_out
+
+
+def _forward_mode_attention():
+    """On PyTorch, scaled dot-product attention in its composite (math) form, which forward
+    mode differentiates: the fused kernels (e.g. CPU flash attention, used by KerasHub's
+    MMDiT through `ops.dot_product_attention`) have no JVP."""
+    if _BACKEND == "torch":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+    return contextlib.nullcontext()
 
 
 def no_grad():
