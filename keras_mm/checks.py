@@ -57,8 +57,9 @@ def check_image_dtype(images, what="images"):
     )
 
 
-def check_image_values(images, what="images"):
-    """Refuse NaN/inf and floats beyond about [-1, 1] in a NumPy array (uint8 passes)."""
+def check_image_values(images, what="images", bounded=True):
+    """Refuse NaN/inf and floats beyond about [-1, 1] in a NumPy array (uint8 passes);
+    `bounded=False` (latents, which have no fixed range) refuses NaN/inf only."""
     images = np.asarray(images)
     if check_image_dtype(images, what) == "uint8" or images.size == 0:
         return
@@ -66,30 +67,31 @@ def check_image_values(images, what="images"):
     if not finite.all():
         raise ValueError(nonfinite_message(int((~finite).sum()), what))
     low, high = float(images.min()), float(images.max())
-    if max(-low, high) > IMAGE_LIMIT:
+    if bounded and max(-low, high) > IMAGE_LIMIT:
         raise ValueError(image_range_message(low, high, what))
 
 
-def to_unit_range(images, what="images"):
+def to_unit_range(images, what="images", bounded=True):
     """Images as float32 in [-1, 1]: uint8 converted (x / 127.5 - 1), floats checked.
 
     Args:
         images: NumPy array or backend tensor [B, ...], uint8 or float.
         what: the name used in messages.
+        bounded: False for latents: only NaN/inf are refused.
 
     Returns:
         A NumPy float32 array for NumPy input, else a float32 tensor.
     """
     dtype = check_image_dtype(images, what)
     if isinstance(images, np.ndarray):
-        check_image_values(images, what)
+        check_image_values(images, what, bounded)
         images = images.astype("float32")
         return images / 127.5 - 1.0 if dtype == "uint8" else images
     if dtype == "uint8":
         return ops.cast(images, "float32") / 127.5 - 1.0
     values = concrete(images)
     if values is not None:
-        check_image_values(values, what)
+        check_image_values(values, what, bounded)
         return ops.cast(images, "float32")
     from keras_mm.backend import graph_assert
 
@@ -98,16 +100,16 @@ def to_unit_range(images, what="images"):
     return graph_assert([
         (ops.all(ops.isfinite(images)),
          BATCH_PREFIX + f"{what} contain NaN or inf values; clean the data first."),
-        (ops.logical_not(magnitude > IMAGE_LIMIT),
+        (ops.logical_not(ops.logical_and(bounded, magnitude > IMAGE_LIMIT)),
          BATCH_PREFIX + f"{what} must be in [-1, 1] (some are beyond {IMAGE_LIMIT}): "
          f"{_IMAGE_FIX}."),
     ], [images])[0]
 
 
-def check_batch_images(images):
+def check_batch_images(images, bounded=True):
     """`to_unit_range` for a training batch; its refusals carry `BATCH_PREFIX`."""
     try:
-        return to_unit_range(images, "images")
+        return to_unit_range(images, "images", bounded)
     except ValueError as error:
         raise ValueError(BATCH_PREFIX + str(error)) from None
 

@@ -167,3 +167,20 @@ def test_exported_sampler_matches_in_process(backbone, prompts, tmp_path):
                         seed=tf.constant([0, 0]))
     with pytest.raises(TypeError, match="decoder"):
         keras_mm.export_sampler(teacher, str(tmp_path / "bad"), num_steps=2, decoder=np.ones)
+
+
+def test_latent_teacher_checks_finiteness_not_the_image_range(backbone, data):
+    """VAE latents lie outside [-1, 1]: a latent teacher trains on them, and still refuses
+    NaN; an image teacher refuses the same arrays by their range."""
+    teacher = sd3.sd3_teacher(backbone)
+    assert teacher.latent and np.abs(data["images"]).max() > 1.5
+    teacher.check_training_arrays(data)
+    bad = {**data, "images": data["images"].copy()}
+    bad["images"][0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        teacher.check_training_arrays(bad)
+    image_teacher = keras_mm.DiffusionModel(teacher.network, schedule=teacher.schedule,
+                                            prediction_type="flow",
+                                            conditioning=teacher.conditioning)
+    with pytest.raises(ValueError, match=r"must be in \[-1, 1\]"):
+        image_teacher.check_training_arrays(data)

@@ -40,7 +40,8 @@ def lora_copy_of(model, name, rank, targets, seed):
     return DiffusionModel(
         network, schedule=model.schedule, prediction_type=model.prediction_type,
         loss_weighting=model.loss_weighting, condition_dropout=model.condition_dropout,
-        seed=model.seed, conditioning=model._conditioning_argument, name=name)
+        seed=model.seed, conditioning=model._conditioning_argument, latent=model.latent,
+        name=name)
 
 
 class GeneratorOptimizerMap(keras.optimizers.OptimizerMap):

@@ -178,7 +178,8 @@ def merge_lora(model):
     merged = DiffusionModel(
         plain, schedule=model.schedule, prediction_type=model.prediction_type,
         loss_weighting=model.loss_weighting, condition_dropout=model.condition_dropout,
-        seed=model.seed, conditioning=model._conditioning_argument, name=model.name)
+        seed=model.seed, conditioning=model._conditioning_argument, latent=model.latent,
+        name=model.name)
     merged.trainable = True
     values = {id(v): ops.convert_to_numpy(value)
               for v, value in zip(network._base.parameters, network.merged_values())}

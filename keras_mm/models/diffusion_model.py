@@ -74,7 +74,7 @@ def check_training_arrays(model, x, y=None):
     if not isinstance(images, np.ndarray):
         return
     model.check_images(images)
-    checks.check_image_values(images, "The training images")
+    checks.check_image_values(images, "The training images", not model.latent)
     if isinstance(x, dict):
         condition = {k: np.asarray(v) for k, v in x.items() if k != "images"}
     else:
@@ -111,6 +111,9 @@ class DiffusionModel(IterationTrainer, keras.Model):
         conditioning: the condition kind (a `keras_mm.models.conditioning.Conditioning`);
             by default the network's: class labels with `num_classes`, a caption with
             `text_dim`, none otherwise. Pass one for a kind of your own.
+        latent: True when the data are latents of an autoencoder (e.g. SD3's VAE), which
+            have no fixed range: training data are then checked for NaN/inf only, not for
+            the [-1, 1] range of images.
 
     Example:
     ```python
@@ -134,6 +137,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         condition_dropout=0.1,
         seed=None,
         conditioning=None,
+        latent=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -171,6 +175,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         self.prediction_type = prediction_type
         self.loss_weighting = loss_weighting
         self.condition_dropout = condition_dropout
+        self.latent = bool(latent)
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -237,7 +242,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         `keras_mm.checks.BATCH_PREFIX`."""
         images, condition = self.unpack_batch(data)
         self.check_images(images)
-        images = checks.check_batch_images(images)
+        images = checks.check_batch_images(images, not self.latent)
         try:
             condition = self.check_condition(condition)
         except ValueError as error:
@@ -448,6 +453,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
                 "loss_weighting": self.loss_weighting,
                 "condition_dropout": self.condition_dropout,
                 "seed": self.seed,
+                "latent": self.latent,
             }
         )
         if self._conditioning_argument is not None:  # a default one follows the network

@@ -242,7 +242,7 @@ def sd3_teacher(backbone, condition_dropout=0.0, seed=None):
     return DiffusionModel(network, schedule=FlowMatchingSchedule(shift=backbone.shift),
                           prediction_type="flow", loss_weighting="flow",
                           condition_dropout=condition_dropout, seed=seed,
-                          conditioning=conditioning)
+                          conditioning=conditioning, latent=True)
 
 
 def encode_prompts(backbone, token_ids):
