@@ -19,7 +19,9 @@ from keras_mm.models.uvit import UViT
 from keras_mm.models.uvit_presets import UVIT_PRESETS
 
 README = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "README.md")
-NEEDS_DOWNLOAD = ("from_pytorch_fid(",)  # pytorch-fid's Inception weights
+# pytorch-fid's Inception weights; KerasHub's SD3 weights and tokenizer (tests/test_sd3.py runs
+# the same steps on a tiny random backbone).
+NEEDS_DOWNLOAD = ("from_pytorch_fid(", "StableDiffusion3Backbone.from_preset(")
 
 pytestmark = pytest.mark.one_backend("tensorflow")  # exports in-process
 
