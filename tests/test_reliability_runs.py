@@ -110,8 +110,8 @@ def assert_identical(path, reference):
 
 
 def kill_points(rng, final_points):
-    """20 kills over one run's life: first at random moments (start-up, training, a
-    checkpoint write: wherever they land), then inside checkpoint writes, mixed, then inside
+    """20 kills over one run's life: first at random moments (two at a random time in
+    start-up, three after a random training step), then inside checkpoint writes, mixed, then inside
     the final saves and before the cleanup. A write kill is "NAME:N" or "NAME:N:half" (the
     temporary file cut to half, as a kill mid-write leaves it), see `faults`."""
     inside = [f"{name}{half}" for name in ("checkpoint", "checkpoint_record")
@@ -136,9 +136,12 @@ def kill_and_resume(command, run_dir, total_epochs, final_points, artifact, refe
     finish; its `artifact` must equal `reference` bit for bit."""
     rng = random.Random(seed)
     output = pathlib.Path(log_path)
-    for point in kill_points(rng, final_points):
-        if point is None:
-            code = run(command, log_path, kill_after=rng.uniform(0.2, 2.5))
+    for index, point in enumerate(kill_points(rng, final_points)):
+        if point is None and index < 2:  # a moment in start-up: a run takes seconds
+            code = run(command, log_path, kill_after=rng.uniform(0.05, 0.4))
+        elif point is None:  # a moment in training: after step 1 or 2 of this process
+            # (a wall-clock moment could land after the end on a fast machine)
+            code = run(command, log_path, fault=f"step:{rng.randint(1, 2)}")
         else:
             if not point.startswith(("final", "cleanup")):
                 point = write_kill(point, run_dir, total_epochs)

@@ -223,6 +223,7 @@ class RunCheckpoint(keras.callbacks.Callback):
         self._epoch = epoch
 
     def on_train_batch_end(self, batch, logs=None):
+        faults.maybe_kill("step")  # a kill test's moment in training (unset: a dict lookup)
         # `loss` for a teacher; `generator_loss`, `auxiliary_loss`, `instant_loss` for a
         # distiller (each a running mean, non-finite from the bad step on).
         for name, value in (logs or {}).items():

@@ -4,8 +4,9 @@
 NAME; `"NAME:N:half"` first truncates the file being written to half its size, as a kill
 in the middle of the write would leave it. The points: "checkpoint" and
 "checkpoint_record" (inside a checkpoint's weights and record writes, before the rename),
-"final" (inside the write of a final `.keras` artifact, before the rename) and "cleanup"
-(after the artifacts, before the checkpoints are removed). Unset, it costs a dict lookup.
+"final" (inside the write of a final `.keras` artifact, before the rename), "cleanup"
+(after the artifacts, before the checkpoints are removed) and "step" (after a training
+step, before its checkpoint). Unset, it costs a dict lookup.
 """
 
 import os
