@@ -138,6 +138,18 @@ class GaussianDenoiser(keras.Model):
         return self.mean + alpha * var * residual
 
 
+class InterruptAt(keras.callbacks.Callback):
+    """Raises RuntimeError("interrupted") when epoch `epoch` begins: a run stopped there."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise RuntimeError("interrupted")
+
+
 # ---------------------------------------------------------------------- the keras-mm CLI
 @contextlib.contextmanager
 def jax_compilation_cache(directory):

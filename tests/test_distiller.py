@@ -8,7 +8,7 @@ from keras_mm.backend import jvp, value_and_grad
 from keras_mm.datasets import load_digits
 from keras_mm.diffusion import alpha_sigma
 from keras_mm.models.diffusion_model import per_example_mean_square
-from tests.helpers import TinyConvNet
+from tests.helpers import InterruptAt, TinyConvNet
 
 
 def np_(x):
@@ -275,12 +275,6 @@ def test_distiller_saves_and_loads_with_both_optimizer_states(teacher, digits, t
         np.testing.assert_array_equal(np_(a), np_(b))
 
 
-class Interrupt(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 2:
-            raise RuntimeError("interrupted")
-
-
 def test_backup_and_restore_resumes_to_the_same_weights(teacher, digits, tmp_path):
     def run(callbacks):
         distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=4, seed=7)
@@ -292,7 +286,7 @@ def test_backup_and_restore_resumes_to_the_same_weights(teacher, digits, tmp_pat
     reference = run([])
     backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
     with pytest.raises(RuntimeError, match="interrupted"):
-        run([backup, Interrupt()])
+        run([backup, InterruptAt(2)])
     resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
     for a, b in zip(reference, resumed):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -13,7 +13,7 @@ from keras_mm.backend import value_and_grad
 from keras_mm.datasets import load_digits
 from keras_mm.distillation import LoRANetwork, merge_lora
 from keras_mm.models.diffusion_model import per_example_mean_square
-from tests.helpers import TinyConvNet
+from tests.helpers import InterruptAt, TinyConvNet
 
 BACKEND = keras.backend.backend()
 RANK = 2
@@ -178,12 +178,6 @@ def test_exported_lora_student_matches_in_process_sampling(teacher, tmp_path):
     np.testing.assert_allclose(np.asarray(out), expected, atol=1e-4)
 
 
-class Interrupt(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 2:
-            raise RuntimeError("interrupted")
-
-
 def test_lora_distillation_resumes_to_the_same_deltas(teacher, digits, tmp_path):
     def run(callbacks):
         distiller = lora_distiller(teacher, "alternating")
@@ -195,7 +189,7 @@ def test_lora_distillation_resumes_to_the_same_deltas(teacher, digits, tmp_path)
     reference = run([])
     backup = str(tmp_path / "backup")
     with pytest.raises(RuntimeError, match="interrupted"):
-        run([keras.callbacks.BackupAndRestore(backup), Interrupt()])
+        run([keras.callbacks.BackupAndRestore(backup), InterruptAt(2)])
     assert os.path.exists(os.path.join(backup, "training_metadata.json"))
     resumed = run([keras.callbacks.BackupAndRestore(backup)])
     for a, b in zip(reference, resumed):

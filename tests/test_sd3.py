@@ -9,6 +9,7 @@ from keras import ops
 
 import keras_mm
 from keras_mm.models import sd3
+from tests.helpers import InterruptAt
 
 keras_hub = pytest.importorskip("keras_hub")
 
@@ -119,12 +120,6 @@ def test_both_methods_distill_and_save(backbone, data, method, tmp_path):
                                atol=1e-5)
 
 
-class Interrupt(keras.callbacks.Callback):
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == 1:
-            raise RuntimeError("interrupted")
-
-
 def test_backup_and_restore_resumes_bit_identically(backbone, data, tmp_path):
     def run(callbacks):
         distiller = keras_mm.MomentMatchingDistiller(sd3.sd3_teacher(backbone), num_steps=2,
@@ -136,7 +131,7 @@ def test_backup_and_restore_resumes_bit_identically(backbone, data, tmp_path):
 
     reference = run([])
     with pytest.raises(RuntimeError, match="interrupted"):
-        run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), Interrupt()])
+        run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), InterruptAt(1)])
     resumed = run([keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
     for a, b in zip(reference, resumed):
         np.testing.assert_array_equal(a, b)

@@ -37,11 +37,7 @@ def lora_copy_of(model, name, rank, targets, seed):
     """A `DiffusionModel` whose network is `model`'s plus low-rank deltas (`LoRANetwork`):
     `model`'s weights are shared, not copied."""
     network = LoRANetwork(model.network, rank, targets, seed=seed, name=f"{name}_lora")
-    return DiffusionModel(
-        network, schedule=model.schedule, prediction_type=model.prediction_type,
-        loss_weighting=model.loss_weighting, condition_dropout=model.condition_dropout,
-        seed=model.seed, conditioning=model._conditioning_argument, latent=model.latent,
-        name=name)
+    return model.with_network(network, name)
 
 
 class GeneratorOptimizerMap(keras.optimizers.OptimizerMap):

@@ -166,8 +166,6 @@ def merge_lora(model):
         A `DiffusionModel` whose network is a fresh copy of the base network holding
         theta + delta (one more copy of theta: for saving and export, not for training).
     """
-    from keras_mm.models.diffusion_model import DiffusionModel
-
     network = model.network
     if not isinstance(network, LoRANetwork):
         return model
@@ -175,11 +173,7 @@ def merge_lora(model):
     config = base.get_config()
     config["trainable"] = True  # the base is often a frozen teacher's network
     plain = base.__class__.from_config(config)
-    merged = DiffusionModel(
-        plain, schedule=model.schedule, prediction_type=model.prediction_type,
-        loss_weighting=model.loss_weighting, condition_dropout=model.condition_dropout,
-        seed=model.seed, conditioning=model._conditioning_argument, latent=model.latent,
-        name=model.name)
+    merged = model.with_network(plain)
     merged.trainable = True
     values = {id(v): ops.convert_to_numpy(value)
               for v, value in zip(network._base.parameters, network.merged_values())}

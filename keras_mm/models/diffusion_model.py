@@ -442,6 +442,15 @@ class DiffusionModel(IterationTrainer, keras.Model):
             raise ValueError(f"Pass num_samples >= 1 (or labels); got {num_samples!r}.")
         return int(num_samples)
 
+    def with_network(self, network, name=None):
+        """A `DiffusionModel` with this one's settings (schedule, prediction, loss, condition
+        kind, ...) around another `network`, e.g. a LoRA student on this model's weights."""
+        return DiffusionModel(
+            network, schedule=self.schedule, prediction_type=self.prediction_type,
+            loss_weighting=self.loss_weighting, condition_dropout=self.condition_dropout,
+            seed=self.seed, conditioning=self._conditioning_argument, latent=self.latent,
+            name=name or self.name)
+
     # ------------------------------------------------------------------ serialization
     def get_config(self):
         config = super().get_config()
