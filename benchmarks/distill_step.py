@@ -19,16 +19,27 @@ import os
 import sys
 
 PARTS = (
-    ("auxiliary", "auxiliary_update", "alternating"),
-    ("generator", "generator_update", "alternating"),
-    ("instant", "instant_update", "instant"),
+    ("auxiliary", "auxiliary_update", "alternating", None),
+    ("generator", "generator_update", "alternating", None),
+    ("instant", "instant_update", "instant", None),
 )
-HEADER = ("| backend | jit_compile | teacher step ms | auxiliary ms (ratio) | "
-          "generator ms (ratio) | instant ms (ratio) |\n|---|---|---|---|---|---|")
+# Low-rank students (issue 14): the same updates with `lora_rank=LORA_RANK`.
+LORA_RANK = 16
+LORA_PARTS = (
+    ("LoRA auxiliary", "auxiliary_update", "alternating", LORA_RANK),
+    ("LoRA generator", "generator_update", "alternating", LORA_RANK),
+)
 
 
-def single_update_distiller(teacher, part, method):
-    """A distiller whose `fit` step is only `part` (one of the `*_update` methods)."""
+def header(parts):
+    cells = " | ".join(f"{name} ms (ratio)" for name, *_ in parts)
+    return (f"| backend | jit_compile | teacher step ms | {cells} |\n|"
+            + "---|" * (3 + len(parts)))
+
+
+def single_update_distiller(teacher, part, method, lora_rank=None):
+    """A distiller whose `fit` step is only `part` (one of the `*_update` methods), with a
+    full student or, given `lora_rank`, low-rank deltas on the teacher's kernels."""
     import keras
 
     import keras_mm
@@ -41,11 +52,11 @@ def single_update_distiller(teacher, part, method):
             getattr(self, part)(images, condition)
             return {m.name: m.result() for m in self.metrics}
 
-    return SingleUpdate(teacher, num_steps=8, method=method, seed=0,
+    return SingleUpdate(teacher, num_steps=8, method=method, seed=0, lora_rank=lora_rank,
                         preconditioner="identity" if method == "instant" else None)
 
 
-def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False):
+def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False, parts=PARTS):
     """`name -> run()` for the teacher step and the three updates; each run is `steps` steps.
 
     Args:
@@ -54,6 +65,7 @@ def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False):
         steps: steps per run.
         jit_compile: passed to every `compile`.
         pipelines: also time the teacher step fed by `infinite_batches` and `tf.data`.
+        parts: the updates to time, `(name, update method, method, lora_rank)` each.
 
     Returns:
         `(runs, teacher)`: the runs, and the timed teacher (e.g. to time its samplers).
@@ -77,8 +89,8 @@ def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False):
     images, labels = synthetic_data(network.image_shape, network.num_classes, batch_size, steps)
     runs = {"teacher": fit_runner(timed_teacher, images, labels, batch_size)}
     frozen_teacher = new_teacher()
-    for name, part, method in PARTS:
-        distiller = single_update_distiller(frozen_teacher, part, method)
+    for name, part, method, lora_rank in parts:
+        distiller = single_update_distiller(frozen_teacher, part, method, lora_rank)
         distiller.compile(jit_compile=jit_compile)
         runs[name] = fit_runner(distiller, images, labels, batch_size)
     if pipelines:
@@ -86,17 +98,17 @@ def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False):
     return runs, timed_teacher
 
 
-def measure(preset, batch_size, steps, rounds, jit_compile):
-    """Time the four steps interleaved; return the table row (markdown)."""
+def measure(preset, batch_size, steps, rounds, jit_compile, parts=PARTS):
+    """Time the teacher step and `parts` interleaved; return the table row (markdown)."""
     import keras
 
     from benchmarks._common import interleaved_ms, median_and_ratio
 
-    runs, _ = step_runs(preset, batch_size, steps, jit_compile)
+    runs, _ = step_runs(preset, batch_size, steps, jit_compile, parts=parts)
     times = interleaved_ms(runs, steps, rounds)
     base = median_and_ratio(times, "teacher", "teacher")[0]
     cells = []
-    for name, _, _ in PARTS:
+    for name, *_ in parts:
         ms, ratio = median_and_ratio(times, name, "teacher")
         cells.append(f"{ms:.1f} ({ratio:.2f}x)")
     return (f"| {keras.backend.backend()} | {jit_compile} | {base:.1f} | "
@@ -111,6 +123,8 @@ def main():
     parser.add_argument("--rounds", type=int, default=5, help="interleaved rounds")
     parser.add_argument("--torch-compile", action="store_true",
                         help="jit_compile=True (torch.compile) on torch")
+    parser.add_argument("--lora", action="store_true",
+                        help=f"also time the alternating updates of a rank-{LORA_RANK} LoRA student")
     parser.add_argument("--backends", nargs="+", default=None)
     parser.add_argument("--single", action="store_true", help="only the current backend")
     args = parser.parse_args()
@@ -121,15 +135,17 @@ def main():
         import keras
 
         jit = keras.backend.backend() != "torch" or args.torch_compile
-        print(measure(args.preset, args.batch_size, args.steps, args.rounds, jit))
+        parts = PARTS + (LORA_PARTS if args.lora else ())
+        print(measure(args.preset, args.batch_size, args.steps, args.rounds, jit, parts))
         return
     print(f"{args.preset}, batch {args.batch_size}, {args.rounds} interleaved rounds of "
           f"{args.steps} steps; {load_average()} before")
     passed = ["--preset", args.preset, "--batch-size", str(args.batch_size),
               "--steps", str(args.steps), "--rounds", str(args.rounds)]
     passed += ["--torch-compile"] if args.torch_compile else []
+    passed += ["--lora"] if args.lora else []
     rows = run_per_backend(__file__, passed, args.backends or BACKENDS)
-    print("\n".join([HEADER] + rows))
+    print("\n".join([header(PARTS + (LORA_PARTS if args.lora else ()))] + rows))
     print(f"{load_average()} after")
 
 

@@ -77,7 +77,7 @@ def run_configuration(network, policy, batch_size, steps, rounds, sampler_steps,
     times = interleaved_ms(runs, steps, rounds)
     result = {"teacher_ms": median_and_ratio(times, "teacher", "teacher")[0],
               "parameters": teacher.network.count_params()}
-    for name, _, _ in PARTS:
+    for name, *_ in PARTS:
         result[name] = median_and_ratio(times, name, "teacher")
     for source in ("infinite_batches", "tf.data prefetch"):
         result[source] = 1 / median_and_ratio(times, source, "teacher")[1]
