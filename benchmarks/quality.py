@@ -1,28 +1,35 @@
-"""Sample quality on the bundled digits: distilled students at k = 1, 2, 4, 8 steps from both
-methods against the teacher's ancestral and DDIM samplers at 8 ... 256 steps.
+"""Sample quality on the bundled digits: distilled students against the teacher's samplers.
 
-Trains a class-conditional UViT `uvit_digits` teacher on scikit-learn's 1,797 8x8 digits,
-distills one student per (method, k), keeping each student's best-FD checkpoint (FD measured
-every `--eval-every` steps on 500 samples, as the paper selects by FID), and prints a markdown
-table: Fréchet distance in the shipped `DigitsFeatures` space (against all 1,797 real digits),
-class accuracy of the feature network's head, precision and recall (k-NN, k = 3), on
-`--num-samples` samples with balanced labels and a fixed seed. Students are sampled with
-Algorithm 1 (ancestral), the sampler they are trained for.
+Trains a class-conditional UViT `uvit_digits` teacher on scikit-learn's 1,797 8x8 digits
+(`--schedule vp`: the variance-preserving process, x-prediction; `--schedule flow`: a
+rectified-flow teacher, `FlowMatchingSchedule`, velocity prediction and loss), evaluates its
+samplers, distills one student per (method, k) and, with `--lora-rank R`, one LoRA student
+(rank R deltas on the teacher's one copy) per (`--lora-methods`, `--lora-steps`), keeping each
+student's best-FD checkpoint (FD measured every `--eval-every` steps on 500 samples, as the
+paper selects by FID), and prints a markdown table: Fréchet distance in the shipped
+`DigitsFeatures` space (against all 1,797 real digits), class accuracy of the feature
+network's head, precision and recall (k-NN, k = 3), on `--num-samples` samples with balanced
+labels and a fixed seed. Students are sampled with Algorithm 1 (ancestral), the sampler they
+are trained for. The table is rewritten to `--out`/results.md after every row.
 
-Hyperparameters are the DESIGN.md priors for the digits: flat w(s) for both methods, an
-exponential moving average of nu (decay 0.99) for the instant method, the paper's Adam
-(beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup, linear decay, clipnorm 1).
+Students use the library's defaults (`MomentMatchingDistiller(teacher, num_steps=k,
+method=m)` and `compile()`: weighting "auto", a bias-corrected 0.99 average of nu for the
+instant method, the paper's Adam with learning rate 1e-4 alternating / 1e-3 instant, decaying
+linearly to zero at the end of `fit`) except the warmup: a tenth of `--distill-steps` (the
+default 1,000 warmup steps would be the whole run). `--learning-rate`, `--weighting`,
+`--teacher-gradient-ema` and `--warmup-steps` override them for every student of the run.
 
-The defaults take about 35 minutes on an idle 2-core CPU with the torch backend (the fastest
-there: 57 ms per teacher step, 243 ms per alternating and 126 ms per instant step at batch
-128, see distill_step.py): teacher ~3 min, its 12 rows ~3 min, each alternating student
-~4.5 min and each instant student ~2.5 min with its FD evaluations.
+The VP table (teacher rows at 4, 8, 64, 256 steps; students at k = 4, 8; LoRA r = 16 at
+k = 8) takes about 25 minutes on an idle 2-core CPU with the torch backend and
+OMP_NUM_THREADS=1 (57 ms per teacher step, about 240 ms per alternating and 125 ms per
+instant step at batch 128, see distill_step.py), the flow table about 12.
 `--teacher-epochs 5 --distill-steps 20 --eval-every 10 --num-samples 200` is a smoke-size
 run (a few minutes idle).
 
-    KERAS_BACKEND=torch python benchmarks/quality.py [--teacher-epochs 200]
-        [--distill-steps 1000] [--eval-every 250] [--num-samples 1000]
-        [--methods alternating instant] [--student-steps 1 2 4 8]
+    KERAS_BACKEND=torch python benchmarks/quality.py [--schedule vp|flow]
+        [--teacher-epochs 200] [--distill-steps 1000] [--eval-every 250]
+        [--num-samples 1000] [--methods alternating instant] [--student-steps 1 2 4 8]
+        [--lora-rank R] [--lora-steps 8] [--lora-methods alternating]
         [--teacher-steps 8 16 32 64 128 256] [--samplers ancestral ddim] [--out DIR]
 """
 
@@ -35,6 +42,9 @@ import time
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--schedule", choices=["vp", "flow"], default="vp",
+                        help="teacher process: variance preserving (x-prediction) or "
+                        "rectified flow (FlowMatchingSchedule, velocity prediction)")
     parser.add_argument("--teacher-epochs", type=int, default=200,
                         help="teacher epochs of len(digits) // batch_size full batches")
     parser.add_argument("--distill-steps", type=int, default=1000,
@@ -42,14 +52,23 @@ def parse_args(argv=None):
                         "update each; instant: one iteration of Algorithm 3)")
     parser.add_argument("--eval-every", type=int, default=250,
                         help="distillation steps between FD evaluations (best kept)")
-    parser.add_argument("--learning-rate", type=float, default=3e-4,
-                        help="peak learning rate of the distillers' Adam")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate of every student (default: the library's, "
+                        "1e-4 alternating, 1e-3 instant)")
     parser.add_argument("--warmup-steps", type=int, default=None,
-                        help="distillers' warmup (default: a tenth of --distill-steps)")
+                        help="students' warmup (default: a tenth of --distill-steps)")
+    parser.add_argument("--weighting", default="auto", help="students' w(s)")
+    parser.add_argument("--teacher-gradient-ema", type=float, default=None,
+                        help="instant students' average of nu (default: the library's)")
     parser.add_argument("--num-samples", type=int, default=1000,
                         help="samples per evaluated row")
     parser.add_argument("--methods", nargs="+", default=["alternating", "instant"])
     parser.add_argument("--student-steps", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--lora-rank", type=int, default=None,
+                        help="also distill LoRA students with deltas of this rank")
+    parser.add_argument("--lora-steps", type=int, nargs="+", default=[8],
+                        help="k of the LoRA students")
+    parser.add_argument("--lora-methods", nargs="+", default=["alternating"])
     parser.add_argument("--teacher-steps", type=int, nargs="+",
                         default=[8, 16, 32, 64, 128, 256])
     parser.add_argument("--samplers", nargs="+", default=["ancestral", "ddim"],
@@ -58,24 +77,48 @@ def parse_args(argv=None):
     parser.add_argument("--out", default=None,
                         help="folder for results.md and best checkpoints (default: temporary)")
     parser.add_argument("--seed", type=int, default=0)
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.warmup_steps is None:
+        args.warmup_steps = max(1, args.distill_steps // 10)
+    return args
 
 
-def distill(teacher, method, num_steps, images, labels, features, args, out):
+def build_teacher(args, images, labels):
+    """Train the `uvit_digits` teacher of `args.schedule` on full batches; returns it and
+    its training minutes."""
+    import keras_mm
+    from keras_mm.datasets import infinite_batches
+    from keras_mm.models.uvit import UViT
+
+    network = UViT.from_preset("uvit_digits")
+    if args.schedule == "flow":
+        teacher = keras_mm.DiffusionModel(network, schedule=keras_mm.FlowMatchingSchedule(),
+                                          prediction_type="flow", loss_weighting="flow",
+                                          seed=args.seed)
+    else:
+        teacher = keras_mm.DiffusionModel(network, seed=args.seed)
+    teacher.compile()
+    start = time.time()
+    teacher.fit(infinite_batches(images, labels, batch_size=args.batch_size, seed=args.seed),
+                steps_per_epoch=len(images) // args.batch_size, epochs=args.teacher_epochs,
+                verbose=0)
+    return teacher, (time.time() - start) / 60
+
+
+def distill(teacher, method, num_steps, lora_rank, images, labels, features, args, out):
     """Distill one student; returns it (best-FD weights loaded) and training facts."""
     import keras_mm
     from keras_mm.callbacks import FIDCallback
     from keras_mm.datasets import infinite_batches
 
-    distiller = keras_mm.MomentMatchingDistiller(
-        teacher, num_steps=num_steps, method=method, weighting="flat",
-        teacher_gradient_ema=0.99 if method == "instant" else 0.0, seed=args.seed)
-    warmup = args.warmup_steps
-    if warmup is None:
-        warmup = max(1, args.distill_steps // 10)
-    distiller.compile(learning_rate=args.learning_rate, warmup_steps=warmup,
-                      total_steps=max(args.distill_steps, warmup + 1))
-    best_path = os.path.join(out, f"{method}_{num_steps}.weights.h5")
+    options = {"weighting": args.weighting, "lora_rank": lora_rank}
+    if args.teacher_gradient_ema is not None:
+        options["teacher_gradient_ema"] = args.teacher_gradient_ema
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=num_steps, method=method,
+                                                 seed=args.seed, **options)
+    distiller.compile(learning_rate=args.learning_rate, warmup_steps=args.warmup_steps)
+    name = f"{method}_{num_steps}" + (f"_lora{lora_rank}" if lora_rank else "")
+    best_path = os.path.join(out, f"{name}.weights.h5")
     fid = FIDCallback(reference_data=images, num_samples=500,
                       every_n_steps=min(args.eval_every, args.distill_steps), num_steps=num_steps,
                       seed=1234, labels=10, feature_extractor=features, save_best_to=best_path,
@@ -90,16 +133,57 @@ def distill(teacher, method, num_steps, images, labels, features, args, out):
     return distiller, {"minutes": minutes, "best_step": fid.best_step}
 
 
+def student_specs(args):
+    """(row name, method, k, LoRA rank) of every student of the run, in order."""
+    specs = [(f"student ({m})", m, k, None) for m in args.methods for k in args.student_steps]
+    if args.lora_rank:
+        specs += [(f"student ({m}, LoRA r={args.lora_rank})", m, k, args.lora_rank)
+                  for m in args.lora_methods for k in args.lora_steps]
+    return specs
+
+
+def header(args, backend):
+    """The table's caption: data, teacher, the students' hyperparameters."""
+    import keras_mm
+
+    lr = (f"lr {args.learning_rate}" if args.learning_rate is not None
+          else "lr 1e-4 alternating / 1e-3 instant (defaults)")
+    ema = (args.teacher_gradient_ema if args.teacher_gradient_ema is not None else "0.99 "
+           "(default)")
+    teacher = ("variance preserving, x-prediction" if args.schedule == "vp" else
+               "rectified flow (FlowMatchingSchedule), velocity prediction and loss")
+    return (f"Bundled digits (1,797 real 8x8 images as the reference), UViT `uvit_digits` "
+            f"teacher ({teacher}), backend `{backend}`, keras_mm {keras_mm.__version__}; "
+            f"teacher {args.teacher_epochs} epochs of full batches of {args.batch_size}; "
+            f"students {args.distill_steps} steps each at batch {args.batch_size} (weighting "
+            f"{args.weighting}, {lr}, warmup {args.warmup_steps} then linear decay to 0, "
+            f"instant: average of nu {ema}), best-FD checkpoint of every {args.eval_every} "
+            f"steps; {args.num_samples} samples per row, seed 99.")
+
+
+def write_table(rows, args, backend, out):
+    lines = [header(args, backend), "",
+             ("| model | sampler | steps | FD (DigitsFeatures) | class accuracy | precision "
+              "| recall | training min | best step | sampling s |"),
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, sampler, num_steps, r, minutes, best in rows:
+        lines.append(f"| {name} | {sampler} | {num_steps} | {r['fd']:.3f} | "
+                     f"{r['accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
+                     f"{minutes} | {best} | {r['seconds']:.1f} |")
+    text = "\n".join(lines) + "\n"
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(text)
+    return text
+
+
 def main(argv=None):
     args = parse_args(argv)
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     import keras
     import numpy as np
 
-    import keras_mm
     from keras_mm import metrics
     from keras_mm.datasets import load_digits
-    from keras_mm.models.uvit import UViT
 
     out = args.out or tempfile.mkdtemp(prefix="keras_mm_quality_")
     os.makedirs(out, exist_ok=True)
@@ -109,59 +193,29 @@ def main(argv=None):
     eval_labels = np.arange(args.num_samples) % 10
     backend = keras.backend.backend()
 
-    print(f"Teacher: UViT uvit_digits, {args.teacher_epochs} epochs, backend {backend}",
-          flush=True)
-    teacher = keras_mm.DiffusionModel(UViT.from_preset("uvit_digits"), seed=args.seed)
-    teacher.compile()
-    start = time.time()
-    from keras_mm.datasets import infinite_batches
-
-    # Full batches only: with a partial last batch every epoch the teacher came out markedly
-    # worse in our runs (cause not isolated).
-    teacher.fit(infinite_batches(images, labels, batch_size=args.batch_size, seed=args.seed),
-                steps_per_epoch=len(images) // args.batch_size, epochs=args.teacher_epochs,
-                verbose=0)
-    teacher_minutes = (time.time() - start) / 60
-
+    print(f"Teacher: UViT uvit_digits ({args.schedule}), {args.teacher_epochs} epochs, "
+          f"backend {backend}", flush=True)
+    teacher, teacher_minutes = build_teacher(args, images, labels)
     rows = []
     for sampler in args.samplers:
         for num_steps in args.teacher_steps:
             _, result = metrics.sample_and_score(teacher, eval_labels, num_steps, images,
                                                  features, sampler=sampler, seed=99)
             rows.append(("teacher", sampler, num_steps, result, f"{teacher_minutes:.1f}", "-"))
+            write_table(rows, args, backend, out)
             print(f"  teacher {sampler:<9} {num_steps:>3} steps: FD {result['fd']:.3f}",
                   flush=True)
-    for method in args.methods:
-        for num_steps in args.student_steps:
-            student, facts = distill(teacher, method, num_steps, images, labels, features,
-                                     args, out)
-            _, result = metrics.sample_and_score(student, eval_labels, num_steps, images,
-                                                 features, seed=99)
-            best = "-" if facts["best_step"] is None else str(facts["best_step"])
-            rows.append((f"student ({method})", "ancestral", num_steps, result,
-                         f"{facts['minutes']:.1f}", best))
-            print(f"  {method:<11} student {num_steps} steps: FD {result['fd']:.3f} "
-                  f"(best at step {best}, {facts['minutes']:.1f} min)", flush=True)
-
-    lines = [
-        (f"Bundled digits (1,797 real 8x8 images as the reference), UViT `uvit_digits`, backend "
-        f"`{backend}`; teacher {args.teacher_epochs} epochs at batch {args.batch_size}; "
-        f"students {args.distill_steps} steps each (flat w(s), lr {args.learning_rate}, instant "
-        f"with a 0.99 moving average of nu), best-FD checkpoint of every {args.eval_every} "
-        f"steps; {args.num_samples} samples per row, seed 99."),
-        "",
-        ("| model | sampler | steps | FD (DigitsFeatures) | class accuracy | precision | recall "
-        "| training min | best step | sampling s |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for name, sampler, num_steps, r, minutes, best in rows:
-        lines.append(f"| {name} | {sampler} | {num_steps} | {r['fd']:.3f} | "
-                     f"{r['accuracy']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | "
-                     f"{minutes} | {best} | {r['seconds']:.1f} |")
-    text = "\n".join(lines) + "\n"
-    with open(os.path.join(out, "results.md"), "w") as f:
-        f.write(text)
-    print(text)
+    for name, method, num_steps, lora_rank in student_specs(args):
+        student, facts = distill(teacher, method, num_steps, lora_rank, images, labels,
+                                 features, args, out)
+        _, result = metrics.sample_and_score(student, eval_labels, num_steps, images,
+                                             features, seed=99)
+        best = "-" if facts["best_step"] is None else str(facts["best_step"])
+        rows.append((name, "ancestral", num_steps, result, f"{facts['minutes']:.1f}", best))
+        write_table(rows, args, backend, out)
+        print(f"  {name} {num_steps} steps: FD {result['fd']:.3f} "
+              f"(best at step {best}, {facts['minutes']:.1f} min)", flush=True)
+    print(write_table(rows, args, backend, out))
     return rows
 
 
