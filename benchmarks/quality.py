@@ -31,6 +31,7 @@ run (a few minutes idle).
         [--num-samples 1000] [--methods alternating instant] [--student-steps 1 2 4 8]
         [--lora-rank R] [--lora-steps 8] [--lora-methods alternating]
         [--teacher-steps 8 16 32 64 128 256] [--samplers ancestral ddim] [--out DIR]
+        [--teacher-weights PATH]
 """
 
 import argparse
@@ -76,6 +77,9 @@ def parse_args(argv=None):
     parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--out", default=None,
                         help="folder for results.md and best checkpoints (default: temporary)")
+    parser.add_argument("--teacher-weights", default=None,
+                        help="a .weights.h5 path: the teacher is loaded from it if it exists, "
+                        "else trained and saved there (reruns with other student options)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.warmup_steps is None:
@@ -84,8 +88,8 @@ def parse_args(argv=None):
 
 
 def build_teacher(args, images, labels):
-    """Train the `uvit_digits` teacher of `args.schedule` on full batches; returns it and
-    its training minutes."""
+    """Train the `uvit_digits` teacher of `args.schedule` on full batches (or load it from
+    `--teacher-weights`); returns it and its training minutes ("loaded" if loaded)."""
     import keras_mm
     from keras_mm.datasets import infinite_batches
     from keras_mm.models.uvit import UViT
@@ -98,11 +102,17 @@ def build_teacher(args, images, labels):
     else:
         teacher = keras_mm.DiffusionModel(network, seed=args.seed)
     teacher.compile()
+    if args.teacher_weights and os.path.exists(args.teacher_weights):
+        teacher.optimizer.build(teacher.trainable_variables)  # Lambda: the teacher's Adam state
+        teacher.load_weights(args.teacher_weights)
+        return teacher, "loaded"
     start = time.time()
     teacher.fit(infinite_batches(images, labels, batch_size=args.batch_size, seed=args.seed),
                 steps_per_epoch=len(images) // args.batch_size, epochs=args.teacher_epochs,
                 verbose=0)
-    return teacher, (time.time() - start) / 60
+    if args.teacher_weights:
+        teacher.save_weights(args.teacher_weights)
+    return teacher, f"{(time.time() - start) / 60:.1f}"
 
 
 def distill(teacher, method, num_steps, lora_rank, images, labels, features, args, out):
@@ -201,7 +211,7 @@ def main(argv=None):
         for num_steps in args.teacher_steps:
             _, result = metrics.sample_and_score(teacher, eval_labels, num_steps, images,
                                                  features, sampler=sampler, seed=99)
-            rows.append(("teacher", sampler, num_steps, result, f"{teacher_minutes:.1f}", "-"))
+            rows.append(("teacher", sampler, num_steps, result, teacher_minutes, "-"))
             write_table(rows, args, backend, out)
             print(f"  teacher {sampler:<9} {num_steps:>3} steps: FD {result['fd']:.3f}",
                   flush=True)
