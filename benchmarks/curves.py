@@ -169,10 +169,11 @@ def panel_svg(x0, y0, width, height, title, series, hlines=()):
                'text-anchor="middle">training step</text>')
     out.append(f'<rect x="{x0 + left}" y="{y0 + top}" width="{plot_w}" height="{plot_h}" '
                'fill="none" stroke="#888"/>')
-    for y, label in hlines:
+    for index, (y, label) in enumerate(hlines):
         out.append(f'<line x1="{x0 + left}" x2="{x0 + left + plot_w}" y1="{py(y):.1f}" '
                    f'y2="{py(y):.1f}" stroke="{COLORS["teacher"]}" stroke-dasharray="4 3"/>')
-        out.append(f'<text x="{x0 + left + plot_w - 3}" y="{py(y) - 3:.1f}" text-anchor="end" '
+        below = 12 if index % 2 else -3  # labels of close lines on either side of them
+        out.append(f'<text x="{x0 + left + plot_w - 3}" y="{py(y) + below:.1f}" text-anchor="end" '
                    f'fill="{COLORS["teacher"]}">{label}</text>')
     for index, (label, color, xs, ys) in enumerate(series):
         points = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in zip(xs, ys))
