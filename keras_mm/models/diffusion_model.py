@@ -180,6 +180,7 @@ class DiffusionModel(IterationTrainer, keras.Model):
         self.seed_generator = keras.random.SeedGenerator(seed)
         self.loss_tracker = keras.metrics.Mean(name="loss")
         self._compiled_samplers = _FunctionCache()
+        self._full_batch_size = None  # of array inputs to `fit` (see `batch_share`)
         self._build_network()
 
     @property
@@ -330,14 +331,33 @@ class DiffusionModel(IterationTrainer, keras.Model):
         condition = self.drop_condition(condition, batch_size)
         logsnr = self.schedule.logsnr(t)
 
+        share = self.batch_share(batch_size)
+
         def loss_fn():
-            return ops.mean(self.denoising_loss(images, logsnr, noise, condition)), None
+            loss = ops.mean(self.denoising_loss(images, logsnr, noise, condition))
+            return loss * share, loss
 
         variables = self.network.trainable_variables
-        loss, _, grads = value_and_grad(loss_fn, variables, self.non_trainable_variables)()
+        _, loss, grads = value_and_grad(loss_fn, variables, self.non_trainable_variables)()
         self.optimizer.apply(grads, variables)
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
+
+    def batch_share(self, batch_size):
+        """The weight of a batch's mean loss in the gradient: 1 for a full batch, b / B for
+        the partial last batch of b < B examples that `fit(arrays, batch_size=B)` feeds every
+        epoch (1 when the full size is unknown, as for datasets and generators).
+
+        With the plain mean, the digits' last batch of 5 (1,797 = 14 x 128 + 5) moves the
+        weights as far as a full batch does (Adam normalizes the step, and the gradient is
+        clipped to norm 1 either way), in a direction that is mostly noise: one such step
+        taken by a teacher trained on full batches raised its FD at 64 steps from 2.11 to
+        2.54, one step on 128 examples lowered it to 2.06 (torch, `uvit_digits`, 2,100
+        steps). Weighted by its share, the partial batch counts as its 5 examples do.
+        """
+        if not self._full_batch_size:
+            return 1.0
+        return ops.cast(batch_size, "float32") / float(self._full_batch_size)
 
     @property
     def metrics(self):
@@ -356,10 +376,17 @@ class DiffusionModel(IterationTrainer, keras.Model):
         # (the instant method's Lambda) must still find its slots.
         self.optimizer.build(self.parameters)
 
-    def fit(self, x=None, y=None, *args, **kwargs):
-        """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range)."""
+    def fit(self, x=None, y=None, batch_size=None, *args, **kwargs):
+        """`keras.Model.fit`, with array inputs validated up front (shape, NaN, label range);
+        a partial last batch of arrays weighs by its share of `batch_size` (`batch_share`)."""
         self.check_training_arrays(x, y)
-        return super().fit(x, y, *args, **kwargs)
+        images = x.get("images") if isinstance(x, dict) else x
+        # Keras batches arrays by 32 when batch_size is None; other inputs come batched.
+        full = (batch_size or 32) if isinstance(images, np.ndarray) else None
+        if full != self._full_batch_size:
+            self._full_batch_size = full
+            self.train_function = None  # compiled steps (JAX, TensorFlow) hold the share
+        return super().fit(x, y, batch_size, *args, **kwargs)
 
     # ------------------------------------------------------------------ sampling
     def sample(
