@@ -258,8 +258,8 @@ def count_preset(preset):
     gb = parameters * 4 / 1e9
     keras_adam_state = {"teacher": 3, "alternating": 7, "instant": 5}
     lines = [f"\n{preset}: P = {parameters / 1e6:.1f}M parameters ({gb:.2f} GB in float32)",
-             "", "| configuration | paper's count = keras_mm's (GB) | with Keras's Adam(beta_1=0) "
-             "(GB) |", "|---|---|---|"]
+             "", ("| configuration | paper's count = keras_mm's (GB) | with Keras's "
+                  "Adam(beta_1=0) (GB) |"), "|---|---|---|"]
     for configuration in ("teacher", "alternating", "instant"):
         paper, keras_adam = PAPER_STATE[configuration], keras_adam_state[configuration]
         lines.append(f"| {configuration} | {paper * gb:.2f} ({paper}P) | "
