@@ -143,9 +143,10 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         remat: recompute activations in the backward passes instead of keeping them: each
             direct sublayer of the networks (`network.layers`: a UViT's blocks, convolutions
             and norms) keeps only its inputs (`keras.remat`; `keras_mm.backend.rematerialized`).
-            Same gradients, less memory for the activations of the differentiated network
-            (the generator, the auxiliary, or the teacher for nu), one more forward pass of
-            it in time.
+            Same gradients, one more forward pass of the differentiated network (the
+            generator, the auxiliary, or the teacher for nu) in time. Measured at
+            `uvit_digits` (benchmarks/README.md): it halves a LoRA alternating step's
+            peak on torch; on JAX (XLA:CPU) the compiled step did not get smaller.
 
     Example:
     ```python
