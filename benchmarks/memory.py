@@ -40,7 +40,17 @@ import os
 import subprocess
 import sys
 
-CONFIGURATIONS = ("baseline", "teacher", "alternating", "instant")
+# name -> distiller options (None: no distiller). "baseline" imports, loads and runs one op.
+CONFIGURATIONS = {
+    "baseline": None,
+    "teacher": None,
+    "alternating": {"method": "alternating"},
+    "instant": {"method": "instant"},
+    "alternating-lora4": {"method": "alternating", "lora_rank": 4},
+    "alternating-lora16": {"method": "alternating", "lora_rank": 16},
+    "instant-lora16": {"method": "instant", "lora_rank": 16},
+    "alternating-lora16-remat": {"method": "alternating", "lora_rank": 16, "remat": True},
+}
 # Multiples of P per configuration: the paper's accounting (Adam beta1 = 0 keeps only v).
 PAPER_STATE = {"teacher": 3, "alternating": 5, "instant": 4}
 MB = 1e6
@@ -86,10 +96,36 @@ def peak_device_bytes():
     return None
 
 
+def proc_status_bytes(key):
+    """`VmRSS` or `VmHWM` (peak RSS) of this process, in bytes (Linux)."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def step_peak_callback():
+    """A callback that, after the first (compiling) batch, resets the peak RSS (Linux's
+    /proc/self/clear_refs) and records the RSS then: the later steps' peak above it is the
+    steps' own working memory (activations, gradients, temporaries), without compilation."""
+    import keras
+
+    class StepPeak(keras.callbacks.Callback):
+        resting = first_peak = 0
+
+        def on_train_batch_end(self, batch, logs=None):
+            if batch == 0:
+                StepPeak.first_peak = proc_status_bytes("VmHWM")
+                with open("/proc/self/clear_refs", "w") as clear_refs:
+                    clear_refs.write("5")
+                StepPeak.resting = proc_status_bytes("VmRSS")
+
+    return StepPeak()
+
+
 def measure(configuration, preset, batch_size, steps):
     """Run `configuration` in this process; print one JSON line with its numbers."""
-    import resource
-
     import keras
     import numpy as np
 
@@ -112,24 +148,34 @@ def measure(configuration, preset, batch_size, steps):
             model = teacher
             model.compile(jit_compile=jit)
         else:
+            options = CONFIGURATIONS[configuration]
             model = keras_mm.MomentMatchingDistiller(
-                teacher, num_steps=8, method=configuration, seed=0,
-                preconditioner="identity" if configuration == "instant" else None)
+                teacher, num_steps=8, seed=0, **options,
+                preconditioner="identity" if options["method"] == "instant" else None)
             model.compile(jit_compile=jit)
-        model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0)
+        callback = step_peak_callback()
+        model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0,
+                  callbacks=[callback])
+        result["step_peak_bytes"] = proc_status_bytes("VmHWM") - callback.resting
+        result["first_peak_bytes"] = callback.first_peak
         optimizer_variables = list(model.optimizer.variables)
         result["state_bytes"] = state_bytes(
             list(model.weights) + list(teacher.weights) + optimizer_variables)
         result["optimizer_bytes"] = state_bytes(optimizer_variables)
-    result["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # The process's peak: before the reset (compilation, first step) or after it.
+    result["peak_rss_bytes"] = max(result.get("first_peak_bytes", 0),
+                                   proc_status_bytes("VmHWM"))
     result["peak_device_bytes"] = peak_device_bytes()
     print("RESULT " + json.dumps(result))
 
 
-def run_configuration(backend, configuration, args):
-    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3"}
+def run_configuration(backend, configuration, batch_size, args):
+    # Allocations of 64 kB and more are mmap'ed and unmapped when freed, so that RSS follows
+    # the live memory instead of glibc's arenas holding freed blocks.
+    env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "3",
+           "MALLOC_MMAP_THRESHOLD_": "65536"}
     command = [sys.executable, os.path.abspath(__file__), "--single", configuration,
-               "--preset", args.preset, "--batch-size", str(args.batch_size),
+               "--preset", args.preset, "--batch-size", str(batch_size),
                "--steps", str(args.steps)]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
@@ -139,26 +185,64 @@ def run_configuration(backend, configuration, args):
     return json.loads(lines[-1][len("RESULT "):])
 
 
-def table_rows(backend, results):
-    base = results["baseline"]["peak_rss_bytes"]
-    teacher = results["teacher"]
-    parameters = teacher["parameters"]
-    rows = []
-    for configuration in ("teacher", "alternating", "instant"):
-        r = results[configuration]
-        counted = r["state_bytes"] / teacher["state_bytes"]
-        paper = PAPER_STATE[configuration] * parameters * 4
-        excess = r["peak_rss_bytes"] - base
-        excess_ratio = excess / max(teacher["peak_rss_bytes"] - base, 1)
-        device = r["peak_device_bytes"]
-        rows.append(
-            f"| {backend} | {configuration} | {r['state_bytes'] / MB:.1f} "
-            f"({r['optimizer_bytes'] / MB:.1f} optimizer) | {counted:.2f}x | "
-            f"{paper / MB:.1f} ({PAPER_STATE[configuration]}P) | "
-            f"{PAPER_STATE[configuration] / 3:.2f}x | {r['peak_rss_bytes'] / MB:.0f} | "
-            f"{excess / MB:.0f} | {excess_ratio:.2f}x | "
-            f"{'n/a' if device is None else f'{device / MB:.0f}'} |")
-    return rows
+def table_row(backend, batch_size, configuration, result, teacher, baseline):
+    """One markdown row; ratios are to the teacher step at the same batch size."""
+    parameter_bytes = teacher["parameters"] * 4
+    excess = result["peak_rss_bytes"] - baseline
+    excess_ratio = excess / max(teacher["peak_rss_bytes"] - baseline, 1)
+    step, teacher_step = result["step_peak_bytes"], teacher["step_peak_bytes"]
+    device = result["peak_device_bytes"]
+    paper = PAPER_STATE.get(configuration)
+    return (
+        f"| {backend} | {batch_size} | {configuration} | {result['state_bytes'] / MB:.2f} "
+        f"({result['optimizer_bytes'] / MB:.2f} optimizer) | "
+        f"{result['state_bytes'] / parameter_bytes:.2f}P"
+        f"{f' (paper {paper}P)' if paper else ''} | {result['peak_rss_bytes'] / MB:.0f} | "
+        f"{excess / MB:.0f} | {excess_ratio:.2f}x | {step / MB:.0f} | "
+        f"{step / max(teacher_step, 1):.2f}x | {step / batch_size / 1e3:.0f} | "
+        f"{'n/a' if device is None else f'{device / MB:.0f}'} |")
+
+
+def measured_table(args):
+    """Run every (backend, batch size, configuration) in a fresh process; table lines."""
+    lines = [
+        (f"UViT `{args.preset}`, {args.steps} fit steps per configuration (jit-compiled on "
+         "JAX and TensorFlow), one fresh process each; ratios are to the teacher step at the "
+         "same batch size. Baselines (imports, data, one op):"),
+        "",
+        ("| backend | batch | configuration | state counted from the models, MB | state / "
+         "P float32 values | process peak RSS, MB | above baseline, MB | ratio | step peak "
+         "above resting RSS, MB | ratio | per example, kB | peak device memory, MB |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    configurations = [c for c in args.configurations if c not in ("baseline", "teacher")]
+    for backend in args.backends:
+        try:
+            baseline = run_configuration(backend, "baseline", args.batch_size[0], args)
+        except RuntimeError as error:
+            lines.append(f"| {backend} | | {error} |")
+            continue
+        base = baseline["peak_rss_bytes"]
+        lines[0] += f" {backend} {base / MB:.0f} MB,"
+        for batch_size in args.batch_size:
+            try:
+                teacher = run_configuration(backend, "teacher", batch_size, args)
+            except RuntimeError as error:
+                lines.append(f"| {backend} | {batch_size} | {error} |")
+                continue
+            lines.append(table_row(backend, batch_size, "teacher", teacher, teacher, base))
+            print(lines[-1], file=sys.stderr, flush=True)
+            for configuration in configurations:
+                try:
+                    result = run_configuration(backend, configuration, batch_size, args)
+                except RuntimeError as error:
+                    lines.append(f"| {backend} | {batch_size} | {error} |")
+                    continue
+                lines.append(table_row(backend, batch_size, configuration, result, teacher,
+                                       base))
+                print(lines[-1], file=sys.stderr, flush=True)
+    lines[0] = lines[0].rstrip(",") + "."
+    return lines
 
 
 def count_preset(preset):
@@ -174,8 +258,8 @@ def count_preset(preset):
     gb = parameters * 4 / 1e9
     keras_adam_state = {"teacher": 3, "alternating": 7, "instant": 5}
     lines = [f"\n{preset}: P = {parameters / 1e6:.1f}M parameters ({gb:.2f} GB in float32)",
-             "", "| configuration | paper's count = keras_mm's (GB) | with Keras's Adam(beta_1=0) "
-             "(GB) |", "|---|---|---|"]
+             "", ("| configuration | paper's count = keras_mm's (GB) | with Keras's "
+                  "Adam(beta_1=0) (GB) |"), "|---|---|---|"]
     for configuration in ("teacher", "alternating", "instant"):
         paper, keras_adam = PAPER_STATE[configuration], keras_adam_state[configuration]
         lines.append(f"| {configuration} | {paper * gb:.2f} ({paper}P) | "
@@ -272,7 +356,11 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backends", nargs="+", default=["jax", "tensorflow", "torch"])
     parser.add_argument("--preset", default="uvit_digits")
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--batch-size", type=int, nargs="+", default=[128],
+                        help="one table block per batch size")
+    parser.add_argument("--configurations", nargs="*", default=list(CONFIGURATIONS),
+                        choices=list(CONFIGURATIONS),
+                        help="what to measure (the baseline and the teacher always run)")
     parser.add_argument("--steps", type=int, default=5, help="fit steps per configuration")
     parser.add_argument("--count-preset", nargs="*", default=[],
                         help="also count the state of these presets (builds one network)")
@@ -283,32 +371,13 @@ def main():
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.single:
-        measure(args.single, args.preset, args.batch_size, args.steps)
+        measure(args.single, args.preset, args.batch_size[0], args.steps)
         return
     if args.count_sd3:
         print("\n".join(count_sd3_medium()[0]))
         return
 
-    lines = [
-        (f"UViT `{args.preset}`, batch {args.batch_size}, {args.steps} fit steps per "
-         "configuration (jit-compiled on JAX and TensorFlow), one fresh process each; ratios "
-         "are to the teacher step."),
-        "",
-        ("| backend | configuration | state counted from the models, MB | ratio | "
-         "paper's count (Adam beta1=0 keeps v only), MB | ratio | peak RSS, MB | "
-         "RSS above baseline, MB | ratio | peak device memory, MB |"),
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for backend in args.backends:
-        try:
-            results = {c: run_configuration(backend, c, args) for c in CONFIGURATIONS}
-        except RuntimeError as error:
-            lines.append(f"| {backend} | {error} |")
-            continue
-        lines.extend(table_rows(backend, results))
-        lines[0] += (f" {backend} baseline (imports, data, one op): "
-                     f"{results['baseline']['peak_rss_bytes'] / MB:.0f} MB.")
-        print(lines[-1], file=sys.stderr, flush=True)
+    lines = measured_table(args) if args.configurations else []
     if args.count_preset:
         import keras  # noqa: F401  (the backend of this process builds the network)
 

@@ -12,6 +12,7 @@ import keras_mm
 from keras_mm.backend import value_and_grad
 from keras_mm.datasets import load_digits
 from keras_mm.distillation import LoRANetwork, merge_lora
+from keras_mm.distillation.lora import in_dtype
 from keras_mm.models.diffusion_model import per_example_mean_square
 from tests.helpers import InterruptAt, TinyConvNet
 
@@ -194,6 +195,36 @@ def test_lora_distillation_resumes_to_the_same_deltas(teacher, digits, tmp_path)
     resumed = run([keras.callbacks.BackupAndRestore(backup)])
     for a, b in zip(reference, resumed):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_bfloat16_teacher_with_float32_deltas(teacher, digits):
+    """The frozen teacher held in bfloat16, the deltas, their Adam state and Lambda in
+    float32: a step of each method runs, theta stays bfloat16 and unchanged, and the first
+    losses are the float32 teacher's to bfloat16 precision (same seeds, same batch)."""
+    half = in_dtype(teacher, "bfloat16")
+    assert {str(v.dtype) for v in half.network.weights} == {"bfloat16"}
+    for full, cast in zip(teacher.network.weights, half.network.weights):
+        np.testing.assert_allclose(np_(ops.cast(cast, "float32")), np_(full), rtol=1e-2)
+    theta = [np_(ops.cast(v, "float32")) for v in half.network.weights]
+    for method in ("alternating", "instant"):
+        logs = []
+        for source in (teacher, half):
+            distiller = lora_distiller(source, method)
+            distiller.compile(jit_compile=False)
+            history = distiller.fit(digits[0][:64], digits[1][:64], batch_size=64, epochs=1,
+                                    verbose=0, shuffle=False)
+            logs.append({k: v[-1] for k, v in history.history.items()})
+        assert {str(v.dtype) for v in distiller.trainable_variables} == {"float32"}
+        slots = [v for v in distiller.optimizer.variables if "float" in str(v.dtype)]
+        assert slots and {str(v.dtype) for v in slots} == {"float32"}
+        if method == "instant":
+            assert {str(v.dtype) for v in distiller.preconditioner} == {"float32"}
+        first = "auxiliary_loss" if method == "alternating" else "instant_objective"
+        np.testing.assert_allclose(logs[1][first], logs[0][first], rtol=0.05)
+    for before, after in zip(theta, half.network.weights):
+        assert str(after.dtype) == "bfloat16"
+        np.testing.assert_array_equal(before, np_(ops.cast(after, "float32")))
+    assert {str(v.dtype) for v in teacher.network.weights} == {"float32"}  # a copy
 
 
 def test_lora_arguments_are_checked(teacher):

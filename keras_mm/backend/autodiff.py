@@ -152,8 +152,10 @@ def jvp(fn, variables, tangents):
         with bound(variables, values):
             return fn()
 
+    from keras_mm.backend.remat import without_remat  # remat.py imports this module
+
     tangents = [ops.cast(t, p.dtype) for t, p in zip(tangents, primals)]
-    with _forward_mode_attention():
+    with _forward_mode_attention(), without_remat():
         out, tangent_out = ops.jvp(f, (primals,), (tangents,))
     return out, tangent_out
 

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_mm.backend import IterationTrainer, jvp, stopped, value_and_grad
+from keras_mm.backend import IterationTrainer, jvp, rematerialized, stopped, value_and_grad
 from keras_mm.checks import check_guidance_scale, check_preconditioner
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
@@ -131,7 +131,22 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             alone with `keras_mm.distillation.merge_lora(distiller.generator)`.
         lora_targets: with `lora_rank`, the kernels that get deltas: None (every Dense,
             EinsumDense and Conv kernel), substrings of variable paths, or a callable
-            `variable -> bool` (see `LoRANetwork`).
+            `variable -> bool` (see `LoRANetwork`). Precision: the teacher's weights theta
+            keep the teacher's dtype, which may be bfloat16
+            (`keras_mm.distillation.lora.in_dtype(teacher, "bfloat16")`: half the memory);
+            the deltas, their optimizer slots (`AdamWithoutMomentum`'s v), Lambda, the
+            moving average of nu, the losses and the sampler's arithmetic are float32. A
+            layer computes in the teacher's dtype with theta + delta rounded to it, as
+            mixed-precision training rounds float32 master weights, so a delta below
+            bfloat16's resolution of theta (about 2^-8 relative) only shows once it has
+            accumulated.
+        remat: recompute activations in the backward passes instead of keeping them: each
+            direct sublayer of the networks (`network.layers`: a UViT's blocks, convolutions
+            and norms) keeps only its inputs (`keras.remat`; `keras_mm.backend.rematerialized`).
+            Same gradients, one more forward pass of the differentiated network (the
+            generator, the auxiliary, or the teacher for nu) in time. Measured at
+            `uvit_digits` (benchmarks/README.md): it halves a LoRA alternating step's
+            peak on torch; on JAX (XLA:CPU) the compiled step did not get smaller.
 
     Example:
     ```python
@@ -161,6 +176,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         seed=None,
         lora_rank=None,
         lora_targets=None,
+        remat=False,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -187,6 +203,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.clip_teacher = bool(clip_teacher)
         self.teacher_gradient_ema = float(teacher_gradient_ema)
         self.seed = seed
+        self.remat = bool(remat)
 
         self.lora_rank, self.lora_targets = lora_rank, lora_targets
         if lora_rank is None:
@@ -388,13 +405,24 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
 
     def iteration(self, data):
         images, condition = self.teacher.checked_batch(data)
-        if self.method == "alternating":
-            self.auxiliary_update(images, condition)
-            self.generator_update(images, condition)
-        else:
-            self.instant_update(images, condition)
+        with rematerialized(self.remat_layers()):
+            if self.method == "alternating":
+                self.auxiliary_update(images, condition)
+                self.generator_update(images, condition)
+            else:
+                self.instant_update(images, condition)
         self.optimizer.iterations.assign_add(1)
         return {m.name: m.result() for m in self.metrics}
+
+    def remat_layers(self):
+        """The layers whose activations are recomputed with `remat=True` (else none): the
+        direct sublayers of the teacher's network and of full-copy students (a LoRA
+        student runs the teacher's own layers)."""
+        if not self.remat:
+            return []
+        networks = [model.network for model in (self.teacher, self.generator, self.auxiliary)
+                    if model is not None and not isinstance(model.network, LoRANetwork)]
+        return [layer for network in networks for layer in network.layers]
 
     def auxiliary_update(self, images, condition):
         """One even iteration of Algorithm 2: a step on L(phi)."""
@@ -540,6 +568,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
                 "preconditioner": "saved" if self.method == "instant" else None,
                 "teacher_gradient_ema": self.teacher_gradient_ema,
                 "seed": self.seed,
+                "remat": self.remat,
             }
         )
         if self.lora_rank is not None:

@@ -182,6 +182,42 @@ def merge_lora(model):
     return merged
 
 
+def in_dtype(model, dtype="bfloat16"):
+    """A copy of `DiffusionModel` `model` whose network holds and computes in `dtype`.
+
+    For a frozen teacher of a LoRA distiller held in bfloat16 (half the memory of theta);
+    the distiller's deltas, their optimizer state, Lambda and the losses stay float32.
+    The copy is built under the global dtype policy `dtype` (layers take their policy when
+    they are created), then given `model`'s weights, cast.
+
+    Args:
+        model: a built `keras_mm.DiffusionModel` (e.g. a float32 teacher).
+        dtype: a Keras dtype policy name, e.g. "bfloat16".
+
+    Returns:
+        A new `DiffusionModel`; drop `model` afterwards to free its float32 weights.
+
+    Example:
+    ```python
+    teacher = keras_mm.distillation.lora.in_dtype(teacher, "bfloat16")
+    distiller = keras_mm.MomentMatchingDistiller(teacher, lora_rank=16)
+    ```
+    """
+    network = model.network
+    config = network.get_config()
+    config.pop("dtype", None)  # the network's own policy: take the global one below
+    config["trainable"] = True
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(dtype)
+    try:
+        copy = network.__class__.from_config(config)
+        result = model.with_network(copy)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    copy.set_weights(network.get_weights())
+    return result
+
+
 def lora_parameter_count(network):
     """Trainable values of a `LoRANetwork` (its deltas)."""
     return sum(math.prod(v.shape) for v in network.weights)
