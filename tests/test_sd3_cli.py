@@ -130,3 +130,20 @@ def test_sd3_configs_refuse_what_they_cannot_do(run, tmp_path, capsys):
         assert main(argv) == 2, argv
         error = capsys.readouterr().err.strip()
         assert len(error.splitlines()) == 1 and expected in error, error
+
+
+def test_example_distill_sd3_mirrors_the_sd3_medium_config():
+    from tests.test_examples import constants
+
+    values, config = constants("distill_sd3.py"), get_config("sd3_medium")
+    distill = config["distill"]
+    assert values["PRESET"] == config["model"]["sd3_preset"]
+    assert list(values["IMAGE_SHAPE"]) == config["data"]["image_shape"]
+    assert values["TEACHER_NUM_STEPS"] == config["eval"]["teacher_num_steps"]
+    assert values["GUIDANCE_SCALE"] == distill["teacher_guidance_scale"]
+    assert values["NUM_EXAMPLES"] == config["data"]["num_examples"]
+    for name, key in (("NUM_STEPS", "num_steps"), ("METHOD", "method"),
+                      ("BATCH_SIZE", "batch_size"), ("DISTILL_STEPS", "steps"),
+                      ("WARMUP_STEPS", "warmup_steps"), ("CHECKPOINT_EVERY", "checkpoint_every")):
+        assert values[name] == distill[key], name
+    assert values["LEARNING_RATE"] == (distill["learning_rate"] or 1e-4)
