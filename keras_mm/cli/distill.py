@@ -52,9 +52,7 @@ def add_command(subparsers):
 
 def run(args):
     from keras_mm.configs import ConfigError
-    from keras_mm.training import distill
-
-    from keras_mm.training import sd3
+    from keras_mm.training import distill, sd3
 
     config = resolve_config(args, "distill", DISTILL_FLAGS)
     if args.print_config:
@@ -116,15 +114,15 @@ def print_plan(config, args):
         f"Config: {args.config} ({config['description']})",
         f"Teacher: {teacher}",
         f"Data: {source}",
-        f"Student: {distill['num_steps']} sampling steps, {distill['method']} method, "
+        (f"Student: {distill['num_steps']} sampling steps, {distill['method']} method, "
         f"time sampler {distill['time_sampler']}, weighting {distill['weighting']}, teacher "
-        f"guidance {distill['teacher_guidance_scale']:g}",
+        f"guidance {distill['teacher_guidance_scale']:g}"),
         f"Optimizer: Adam beta_1={adam.get('beta_1')}, beta_2={adam.get('beta_2')}, "
         f"epsilon={adam.get('epsilon')}, global_clipnorm={adam.get('global_clipnorm')}; peak "
         f"learning rate {distill_learning_rate(config):g} after {distill['warmup_steps']} "
         f"warmup steps" + (", then linear decay to 0" if distill["decay_to_zero"] else ""),
-        f"Training: {distill['steps']} steps at batch {distill['batch_size']}, a checkpoint "
-        f"every {distill['checkpoint_every']}, FID every {distill['fid_every'] or 'never'}",
+        (f"Training: {distill['steps']} steps at batch {distill['batch_size']}, a checkpoint "
+        f"every {distill['checkpoint_every']}, FID every {distill['fid_every'] or 'never'}"),
         f"Run directory: {args.run_dir or '(--run-dir not given)'}",
         "Dry run: nothing was loaded, downloaded or written.",
     ]
