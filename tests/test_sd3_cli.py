@@ -147,3 +147,37 @@ def test_example_distill_sd3_mirrors_the_sd3_medium_config():
                       ("WARMUP_STEPS", "warmup_steps"), ("CHECKPOINT_EVERY", "checkpoint_every")):
         assert values[name] == distill[key], name
     assert values["LEARNING_RATE"] == (distill["learning_rate"] or 1e-4)
+
+
+def test_captioned_images_become_cached_vae_latents(run, tmp_path, capsys):
+    """data.source "image_folder": a metadata.jsonl folder, encoded once by the run's VAE."""
+    import json
+
+    from PIL import Image
+
+    from keras_mm import configs
+    from keras_mm.models.sd3 import encode_images
+    from keras_mm.training import sd3
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    pixels = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    captions = ["a red cat", "the dog", "a red cat"]
+    with open(folder / "metadata.jsonl", "w") as file:
+        for number, (image, caption) in enumerate(zip(pixels, captions)):
+            Image.fromarray(image).save(folder / f"{number}.png")
+            file.write(json.dumps({"file_name": f"{number}.png", "text": caption}) + "\n")
+    config = configs.apply_overrides(get_config("sd3_tiny"), [
+        "data.source=image_folder", f"data.path={folder}"])
+    sd3.check_sd3_config(config)
+    backbone = sd3.load_backbone(config, run["run_dir"])  # the run's tiny backbone
+    data = sd3.training_data(config, backbone, None, str(tmp_path))
+    assert isinstance(data, sd3.ImageLatents)
+    expected = np.asarray(encode_images(backbone, pixels / 127.5 - 1.0))
+    np.testing.assert_allclose(data.arrays["latents"], expected, atol=1e-5)
+    np.testing.assert_array_equal(data.arrays["prompt_index"], [0, 1, 0])  # sorted captions
+    again = sd3.training_data(config, None, None, str(tmp_path))  # from the cache
+    np.testing.assert_array_equal(again.arrays["latents"], data.arrays["latents"])
+    assert main(["distill", "--config", "sd3_tiny", "--set", "data.source=image_folder",
+                 "--set", f"data.path={folder}", "--dry-run"]) == 0
+    assert f"captioned images of {folder}" in capsys.readouterr().out

@@ -101,10 +101,13 @@ def print_plan(config, args):
         teacher = (f"Stable Diffusion 3 from {where}, {height}x{width} images as "
                    f"{height // 8}x{width // 8}x16 VAE latents, rectified flow")
         prompts = data["path"] or f"{len(sd3.DEFAULT_PROMPTS)} built-in prompts"
-        source = (f"data-free: {data['num_examples'] or 'one per prompt'} teacher samples of "
-                  f"{prompts} ({config['eval']['teacher_num_steps']} steps, guidance "
-                  f"{distill['teacher_guidance_scale']:g}), cached in "
-                  f"RUN_DIR/{sd3.TEACHER_SAMPLES}")
+        captioned = (f"the captioned images of {data['path']} as VAE latents, cached in "
+                     f"RUN_DIR/{sd3.IMAGE_LATENTS}")
+        data_free = (f"data-free: {data['num_examples'] or 'one per prompt'} teacher samples "
+                     f"of {prompts} ({config['eval']['teacher_num_steps']} steps, guidance "
+                     f"{distill['teacher_guidance_scale']:g}), cached in "
+                     f"RUN_DIR/{sd3.TEACHER_SAMPLES}")
+        source = captioned if data["source"] == "image_folder" else data_free
     else:
         teacher = f"{args.teacher or '(--teacher not given)'}, {height}x{width} images"
         source = f"data.source {data['source']!r}" + (f" ({data['name']})" if data["name"]

@@ -96,7 +96,9 @@ class DataConfig(Section):
         'sorted-name order) or the images directly in it (unconditional); "npz": a file '
         "with an array `images` ([0, 255] or [-1, 1]) and optionally `labels`. Images are "
         "resized and center-cropped to data.image_shape; \"prompts\": a text file of "
-        "prompts, one per line (null: keras_mm.training.sd3.DEFAULT_PROMPTS)")
+        "prompts, one per line (null: keras_mm.training.sd3.DEFAULT_PROMPTS); model.network "
+        '"sd3" with "image_folder": captioned images, a folder with a metadata.jsonl of '
+        '{"file_name", "text"} lines (keras_mm.datasets.load_captioned_folder)')
     name: str | None = option(
         None, "TFDS dataset name, e.g. cifar10, imagenet_resized/64x64, imagenet2012; "
         'captions: "shapes" (keras_mm.datasets.make_captioned_shapes, bundled) or a TFDS '

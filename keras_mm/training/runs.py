@@ -145,7 +145,8 @@ def distill(config, teacher_path, run_dir, overwrite=False, verbose=1):
 
 
 def _distill_sd3(config, run_dir, overwrite, verbose, steps_per_epoch, epochs):
-    """`distill` of an SD3 teacher (model.sd3_preset), on its own samples of prompts."""
+    """`distill` of an SD3 teacher (model.sd3_preset), on its own samples of prompts or on
+    captioned images."""
     from keras_mm.models.sd3 import sd3_teacher
 
     with RunLock(run_dir):
@@ -155,7 +156,7 @@ def _distill_sd3(config, run_dir, overwrite, verbose, steps_per_epoch, epochs):
         teacher = sd3_teacher(backbone, seed=config["distill"]["seed"])
         resumed_epoch = prepare_run_dir(run_dir, DISTILL_ARTIFACTS, config, overwrite,
                                         outputs=DISTILL_OUTPUTS)
-        samples = sd3.TeacherSamples(config, backbone, teacher, run_dir)
+        samples = sd3.training_data(config, backbone, teacher, run_dir)
         return _distill(config, teacher, run_dir, verbose, steps_per_epoch, epochs, 0,
                         samples, resumed_epoch)
 

@@ -6,11 +6,11 @@ a local preset directory) or, with model.sd3_preset null, a randomly initialised
 (`keras_mm.models.sd3.tiny_sd3_backbone`) kept in RUN_DIR/sd3_backbone, so that resuming,
 `sample` and `export` see the same weights. Moment matching needs data only to make z_t, so
 the data can be the teacher's own many-step samples for a list of prompts (data.source
-"prompts", data-free): generated once and cached in RUN_DIR/teacher_samples.npz, reused on
-resume.
+"prompts", data-free), or captioned images (data.source "image_folder") as VAE latents; either
+is made once and cached in the run directory, reused on resume.
 
     backbone = keras_mm.training.sd3.load_backbone(config, run_dir)
-    samples = keras_mm.training.sd3.TeacherSamples(config, backbone, teacher, run_dir)
+    data = keras_mm.training.sd3.training_data(config, backbone, teacher, run_dir)
 """
 
 import json
@@ -26,6 +26,7 @@ from keras_mm.training.checkpoint import write_atomically
 
 BACKBONE_DIR = "sd3_backbone"  # the random tiny backbone of a run (model.sd3_preset null)
 TEACHER_SAMPLES = "teacher_samples.npz"
+IMAGE_LATENTS = "image_latents.npz"
 # data.path null: a few prompts to run the chain on; a real run passes thousands.
 DEFAULT_PROMPTS = (
     "a photo of a cat sitting on a windowsill",
@@ -46,10 +47,10 @@ def is_sd3(config):
 def check_sd3_config(config):
     """One-line errors for an SD3 config, before anything is loaded."""
     data, distill = config["data"], config["distill"]
-    if data["source"] != "prompts":
+    if data["source"] not in ("prompts", "image_folder"):
         raise ConfigError(
-            f"model.network 'sd3' distills from the teacher's own samples: set "
-            f"data.source=prompts (got {data['source']!r}).")
+            f"model.network 'sd3' distills from the teacher's own samples (data.source=prompts) "
+            f"or captioned images (data.source=image_folder); got {data['source']!r}.")
     if data["num_classes"] is not None:
         raise ConfigError("An SD3 teacher takes prompts, not labels: set data.num_classes=null.")
     height, width, channels = data["image_shape"]
@@ -65,7 +66,11 @@ def check_sd3_config(config):
         raise ConfigError("distill.method=instant needs Lambda, and an SD3 preset has no Adam "
                           "state: set --set distill.preconditioner_steps=N (e.g. 100).")
     path = data["path"]
-    if path is not None and not os.path.isfile(path):
+    if data["source"] == "image_folder":
+        if not isinstance(path, str) or not os.path.isdir(path):
+            raise ConfigError(f"data.path: no folder of captioned images at {path!r} (images "
+                              "and a metadata.jsonl of file_name and text).")
+    elif path is not None and not os.path.isfile(path):
         raise ConfigError(f"data.path: no prompts file at '{path}' (a text file, one prompt "
                           "per line; null: keras_mm.training.sd3.DEFAULT_PROMPTS).")
 
@@ -146,52 +151,103 @@ def encode(backbone, preprocessor, prompts, batch_size=64):
 def clear(run_dir):
     """Remove what an SD3 run keeps across restarts (--overwrite)."""
     shutil.rmtree(os.path.join(run_dir, BACKBONE_DIR), ignore_errors=True)
-    path = os.path.join(run_dir, TEACHER_SAMPLES)
-    if os.path.exists(path):
-        os.remove(path)
+    for name in (TEACHER_SAMPLES, IMAGE_LATENTS):
+        path = os.path.join(run_dir, name)
+        if os.path.exists(path):
+            os.remove(path)
 
 
-class TeacherSamples:
-    """Data-free distillation data: the guided teacher's samples for a list of prompts.
+def training_data(config, backbone, teacher, run_dir):
+    """The run's data, made once and cached in the run directory: `ImageLatents` of a
+    captioned image folder (data.source "image_folder"), else `TeacherSamples`."""
+    kind = ImageLatents if config["data"]["source"] == "image_folder" else TeacherSamples
+    return kind(config, backbone, teacher, run_dir)
 
-    data.num_examples latents (cycling through the prompts of data.path) are sampled once with
-    eval.teacher_num_steps steps at distill.teacher_guidance_scale and kept in
-    RUN_DIR/teacher_samples.npz with the prompts' condition; a resumed run reads them back
-    (a file made with other settings is refused).
+
+class CachedLatents:
+    """Latents and their prompts' condition, made once (`make`) and kept in
+    RUN_DIR/`file_name` with the settings that made them; a resumed run reads them back, and
+    a file made with other settings is refused.
 
     Args:
         config: the run's config.
-        backbone: its `StableDiffusion3Backbone` (for the prompts' condition).
+        backbone: its `StableDiffusion3Backbone` (VAE and text encoders).
         teacher: `sd3_teacher(backbone)`.
         run_dir: the run directory.
     """
 
+    file_name = None
+
     def __init__(self, config, backbone, teacher, run_dir):
-        self.path = os.path.join(run_dir, TEACHER_SAMPLES)
+        self.path = os.path.join(run_dir, self.file_name)
         self.config = config
-        prompts = read_prompts(config)
-        distill, evaluation = config["distill"], config["eval"]
-        self.settings = {
-            "prompts": prompts,
-            "num_examples": config["data"]["num_examples"] or len(prompts),
-            "num_steps": evaluation["teacher_num_steps"],
-            "guidance_scale": distill["teacher_guidance_scale"],
-            "seed": distill["seed"],
-            "preset": config["model"]["sd3_preset"],
-            "image_shape": config["data"]["image_shape"],
-        }
+        self.settings = {"preset": config["model"]["sd3_preset"],
+                         "image_shape": config["data"]["image_shape"], **self.own_settings()}
         if os.path.exists(self.path):
             self.arrays = self._read()
-            print(f"Read {len(self.arrays['latents'])} teacher samples from {self.path}.")
+            print(f"Read {len(self.arrays['latents'])} latents from {self.path}.")
         else:
-            self.arrays = self._generate(backbone, teacher, evaluation["batch_size"])
-            write_atomically(self.path, lambda path: self._write(path))
-            print(f"Wrote {len(self.arrays['latents'])} teacher samples to {self.path}.")
+            self.arrays = self.make(backbone, teacher)
+            write_atomically(self.path, self._write)
+            print(f"Wrote {len(self.arrays['latents'])} latents to {self.path}.")
 
-    def _generate(self, backbone, teacher, batch_size):
+    def own_settings(self):
+        """What else decides the latents (a JSON-able dict)."""
+        raise NotImplementedError
+
+    def make(self, backbone, teacher):
+        """`{"latents", "prompt_index", "context", "pooled_projection"}` numpy arrays."""
+        raise NotImplementedError
+
+    def _write(self, path):
+        with open(path, "wb") as file:
+            np.savez(file, settings=json.dumps(self.settings), **self.arrays)
+
+    def _read(self):
+        with np.load(self.path) as archive:
+            stored = json.loads(str(archive["settings"]))
+            if stored != self.settings:
+                changed = sorted(k for k in self.settings if stored.get(k) != self.settings[k])
+                raise ConfigError(
+                    f"{self.path} holds latents made with other settings "
+                    f"({', '.join(changed)}): delete it, or pass --overwrite.")
+            return {key: archive[key] for key in archive.files if key != "settings"}
+
+    def stream(self, batch_size, seed, start=0):
+        """Endless `({"images": latents, "context", "pooled_projection"},)` batches; `start`
+        as in `keras_mm.datasets.infinite_batches`."""
+        from keras_mm.datasets import infinite_batches
+
+        arrays = self.arrays
+        for latents, rows in infinite_batches(arrays["latents"], arrays["prompt_index"],
+                                              batch_size=batch_size, seed=seed, start=start):
+            # Keras takes a generator's batches as tuples.
+            yield ({"images": latents, "context": arrays["context"][rows],
+                    "pooled_projection": arrays["pooled_projection"][rows]},)
+
+
+class TeacherSamples(CachedLatents):
+    """Data-free distillation data: the guided teacher's samples for a list of prompts.
+
+    data.num_examples latents (cycling through the prompts of data.path) sampled with
+    eval.teacher_num_steps steps at distill.teacher_guidance_scale, in
+    RUN_DIR/teacher_samples.npz with each prompt's condition.
+    """
+
+    file_name = TEACHER_SAMPLES
+
+    def own_settings(self):
+        prompts = read_prompts(self.config)
+        distill = self.config["distill"]
+        return {"prompts": prompts,
+                "num_examples": self.config["data"]["num_examples"] or len(prompts),
+                "num_steps": self.config["eval"]["teacher_num_steps"],
+                "guidance_scale": distill["teacher_guidance_scale"], "seed": distill["seed"]}
+
+    def make(self, backbone, teacher):
         import keras
 
-        settings = self.settings
+        settings, batch_size = self.settings, self.config["eval"]["batch_size"]
         condition = encode(backbone, load_preprocessor(self.config), settings["prompts"])
         index = np.arange(settings["num_examples"]) % len(settings["prompts"])
         print(f"Sampling {len(index)} teacher latents ({settings['num_steps']} steps, guidance "
@@ -207,31 +263,37 @@ class TeacherSamples:
         return {"latents": np.concatenate(latents), "prompt_index": index.astype("int32"),
                 **condition}
 
-    def _write(self, path):
-        with open(path, "wb") as file:
-            np.savez(file, settings=json.dumps(self.settings), **self.arrays)
 
-    def _read(self):
-        with np.load(self.path) as archive:
-            stored = json.loads(str(archive["settings"]))
-            if stored != self.settings:
-                changed = sorted(k for k in self.settings if stored.get(k) != self.settings[k])
-                raise ConfigError(
-                    f"{self.path} holds teacher samples made with other settings "
-                    f"({', '.join(changed)}): delete it, or pass --overwrite.")
-            return {key: archive[key] for key in archive.files if key != "settings"}
+class ImageLatents(CachedLatents):
+    """Captioned images (data.path: a folder with metadata.jsonl, see
+    `keras_mm.datasets.load_captioned_folder`) as the VAE's latents, each distinct caption
+    encoded once, in RUN_DIR/image_latents.npz."""
 
-    def stream(self, batch_size, seed, start=0):
-        """Endless `({"images": latents, "context", "pooled_projection"},)` batches; `start`
-        as in `keras_mm.datasets.infinite_batches`."""
-        from keras_mm.datasets import infinite_batches
+    file_name = IMAGE_LATENTS
 
-        arrays = self.arrays
-        for latents, rows in infinite_batches(arrays["latents"], arrays["prompt_index"],
-                                              batch_size=batch_size, seed=seed, start=start):
-            # Keras takes a generator's batches as tuples.
-            yield ({"images": latents, "context": arrays["context"][rows],
-                    "pooled_projection": arrays["pooled_projection"][rows]},)
+    def own_settings(self):
+        return {"path": os.path.abspath(self.config["data"]["path"])}
+
+    def make(self, backbone, teacher):
+        import keras
+
+        from keras_mm.datasets import DatasetNotAvailableError, load_captioned_folder
+        from keras_mm.models.sd3 import encode_images
+
+        try:
+            images, captions = load_captioned_folder(self.config["data"]["path"],
+                                                     self.config["data"]["image_shape"])
+        except (DatasetNotAvailableError, ValueError) as error:
+            raise ConfigError(f"data.path: {error}") from None
+        distinct = sorted(set(captions))
+        index = np.array([distinct.index(caption) for caption in captions], "int32")
+        batch_size = self.config["eval"]["batch_size"]
+        print(f"Encoding {len(images)} images ({len(distinct)} captions) with the VAE.")
+        latents = [np.asarray(keras.ops.convert_to_numpy(
+            encode_images(backbone, images[start:start + batch_size])), "float32")
+            for start in range(0, len(images), batch_size)]
+        condition = encode(backbone, load_preprocessor(self.config), distinct)
+        return {"latents": np.concatenate(latents), "prompt_index": index, **condition}
 
 
 def sample_images(config, model, prompts, run_dir, num_steps, guidance_scale=0.0,
