@@ -125,6 +125,8 @@ def test_sd3_configs_refuse_what_they_cannot_do(run, tmp_path, capsys):
          "keras-mm distill"),
         (["sample", "--model", os.path.join(run["run_dir"], "generator.keras"),
           "--num-samples", "2", "--out", str(tmp_path / "x.png")], "--captions"),
+        (["evaluate", "--model", os.path.join(run["run_dir"], "generator.keras")],
+         "keras-mm sample --captions"),
     ]
     for argv, expected in cases:
         assert main(argv) == 2, argv
