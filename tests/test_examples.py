@@ -19,7 +19,8 @@ from tests.helpers import config_network
 
 EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                             "examples")
-EXAMPLES = ["digits_quickstart.py", "cifar10.py", "imagenet64.py", "text_to_image.py"]
+EXAMPLES = ["digits_quickstart.py", "cifar10.py", "imagenet64.py", "text_to_image.py",
+            "distill_sd3.py"]
 # The dry runs check the scripts' own code, which is the same on every backend (the library
 # calls it makes are tested on all three by the library's tests), so once per CI run is
 # enough. Under tensorflow: measured at 4-8x CI's load, torch was faster for the digits and

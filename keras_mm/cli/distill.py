@@ -37,7 +37,11 @@ def add_command(subparsers):
     )
     add_config_arguments(parser)
     parser.add_argument("--teacher", metavar="PATH",
-                        help="the teacher's .keras file (required).")
+                        help="the teacher's .keras file (required, except for model.network "
+                        "\"sd3\" configs, whose teacher is model.sd3_preset).")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved plan (teacher, data, distillation, optimizer) "
+                        "and exit, loading and downloading nothing.")
     add_run_arguments(parser, "distill")
     parser.add_argument("--num-steps", type=int,
                         help="k, the student's sampling steps (distill.num_steps).")
@@ -48,15 +52,23 @@ def add_command(subparsers):
 
 def run(args):
     from keras_mm.configs import ConfigError
-    from keras_mm.training import distill
+    from keras_mm.training import distill, sd3
 
     config = resolve_config(args, "distill", DISTILL_FLAGS)
     if args.print_config:
         return print_config(config)
-    require(args.teacher, "--teacher")
+    if sd3.is_sd3(config):
+        if args.teacher:
+            raise CommandError(f"--config {args.config} distills model.sd3_preset (model.network "
+                               "'sd3'): drop --teacher.")
+    else:
+        require(args.teacher or args.dry_run, "--teacher")
+    if args.dry_run:
+        return print_plan(config, args)
     require(args.run_dir, "--run-dir")
     check_output_directory(args.run_dir, "--run-dir")
-    check_keras_file(args.teacher, "--teacher")
+    if args.teacher:
+        check_keras_file(args.teacher, "--teacher")
     try:
         distill(config, args.teacher, args.run_dir, overwrite=args.overwrite,
                 verbose=args.verbose)
@@ -70,4 +82,52 @@ def run(args):
             "optimizer). Set --set distill.preconditioner_steps=N to estimate Lambda from N "
             "batches (e.g. 100), or pass the teacher.keras that train-teacher wrote."
         ) from None
+    return 0
+
+
+def print_plan(config, args):
+    """--dry-run: what `distill` would do with `config`, from the config alone."""
+    from keras_mm.training import runs, sd3
+    from keras_mm.training.builders import distill_learning_rate
+
+    runs.check_runnable(config)
+    data, model, distill = config["data"], config["model"], config["distill"]
+    height, width, _ = data["image_shape"]
+    if sd3.is_sd3(config):
+        preset = model["sd3_preset"]
+        where = (f"KerasHub preset {preset!r} (downloaded from Kaggle when the run starts, "
+                 "not now)" if preset else "a random tiny backbone (kept in RUN_DIR/"
+                 f"{sd3.BACKBONE_DIR})")
+        teacher = (f"Stable Diffusion 3 from {where}, {height}x{width} images as "
+                   f"{height // 8}x{width // 8}x16 VAE latents, rectified flow")
+        prompts = data["path"] or f"{len(sd3.DEFAULT_PROMPTS)} built-in prompts"
+        captioned = (f"the captioned images of {data['path']} as VAE latents, cached in "
+                     f"RUN_DIR/{sd3.IMAGE_LATENTS}")
+        data_free = (f"data-free: {data['num_examples'] or 'one per prompt'} teacher samples "
+                     f"of {prompts} ({config['eval']['teacher_num_steps']} steps, guidance "
+                     f"{distill['teacher_guidance_scale']:g}), cached in "
+                     f"RUN_DIR/{sd3.TEACHER_SAMPLES}")
+        source = captioned if data["source"] == "image_folder" else data_free
+    else:
+        teacher = f"{args.teacher or '(--teacher not given)'}, {height}x{width} images"
+        source = f"data.source {data['source']!r}" + (f" ({data['name']})" if data["name"]
+                                                      else "")
+    adam = distill["adam"]
+    lines = [
+        f"Config: {args.config} ({config['description']})",
+        f"Teacher: {teacher}",
+        f"Data: {source}",
+        (f"Student: {distill['num_steps']} sampling steps, {distill['method']} method, "
+        f"time sampler {distill['time_sampler']}, weighting {distill['weighting']}, teacher "
+        f"guidance {distill['teacher_guidance_scale']:g}"),
+        f"Optimizer: Adam beta_1={adam.get('beta_1')}, beta_2={adam.get('beta_2')}, "
+        f"epsilon={adam.get('epsilon')}, global_clipnorm={adam.get('global_clipnorm')}; peak "
+        f"learning rate {distill_learning_rate(config):g} after {distill['warmup_steps']} "
+        f"warmup steps" + (", then linear decay to 0" if distill["decay_to_zero"] else ""),
+        (f"Training: {distill['steps']} steps at batch {distill['batch_size']}, a checkpoint "
+        f"every {distill['checkpoint_every']}, FID every {distill['fid_every'] or 'never'}"),
+        f"Run directory: {args.run_dir or '(--run-dir not given)'}",
+        "Dry run: nothing was loaded, downloaded or written.",
+    ]
+    print("\n".join(lines))
     return 0

@@ -7,6 +7,7 @@ import re
 import time
 
 from keras_mm.cli.options import (
+    CommandError,
     add_config_arguments,
     check_keras_file,
     config_epilog,
@@ -56,6 +57,9 @@ def run(args):
     from keras_mm.training.runs import check_runnable
 
     check_runnable(config)
+    if config["model"]["network"] == "sd3":
+        raise CommandError("evaluate does not score Stable Diffusion 3 runs yet (FID of decoded "
+                           "images); use `keras-mm sample --captions ...` to look at them.")
     check_keras_file(args.model, "--model")
     model = training.load_model(args.model, args.custom_module, allow_distiller=True)
     network = getattr(model, "generator", model)

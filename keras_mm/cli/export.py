@@ -1,5 +1,7 @@
 """`keras-mm export`: a .keras model's sampler as a TensorFlow SavedModel."""
 
+import os
+
 from keras_mm.cli.options import (
     CommandError,
     add_config_arguments,
@@ -10,7 +12,7 @@ from keras_mm.cli.options import (
     print_config,
     resolve_model_config,
 )
-from keras_mm.training import captions
+from keras_mm.training import captions, sd3
 
 
 def add_command(subparsers):
@@ -50,8 +52,13 @@ def run(args):
 
     check_output_directory(args.out, "--out")
     model, num_steps = keras_model_and_steps(args, config)
-    encoder = None
-    if model.text_dim is not None:
+    encoder = decoder = None
+    if sd3.is_sd3(config):  # latents in, images out: the run's VAE decoder goes inside
+        from keras_mm.models.sd3 import SD3Decoder
+
+        decoder = SD3Decoder.from_backbone(sd3.load_backbone(config, os.path.dirname(
+            os.path.abspath(args.model))))
+    elif model.text_dim is not None:
         if not captions.is_text(config):
             raise CommandError(
                 "A text-to-image model is exported with its text encoder: pass --config (a "
@@ -69,6 +76,7 @@ def run(args):
             clip=args.clip,
             verbose=not args.quiet,
             text_encoder=encoder,
+            decoder=decoder,
             max_batch_size=args.max_batch_size or MAX_BATCH_SIZE,
         )
     except (ValueError, NotImplementedError) as error:

@@ -14,7 +14,7 @@ from keras_mm.cli.options import (
     print_config,
     resolve_model_config,
 )
-from keras_mm.training import captions
+from keras_mm.training import captions, sd3
 
 
 def add_command(subparsers):
@@ -111,6 +111,14 @@ def sample_keras_model(args, config):
     from keras_mm import export
 
     model, num_steps = keras_model_and_steps(args, config)
+    if sd3.is_sd3(config):
+        if args.captions is None:
+            raise CommandError("This model is Stable Diffusion 3: pass --captions (the prompts, "
+                               "or --captions-file).")
+        return sd3.sample_images(config, model, args.captions,
+                                 os.path.dirname(os.path.abspath(args.model)),
+                                 num_steps, guidance_scale=args.guidance_scale,
+                                 sampler=args.sampler, seed=args.seed)
     condition = None
     if model.text_dim is not None:
         if args.captions is None:

@@ -87,13 +87,18 @@ class DataConfig(Section):
     section: typing.ClassVar[str] = "data"
     source: str = option("digits", '"digits" (scikit-learn\'s 8x8 digits, bundled), "tfds" '
                          '(tfds.load), "captions" (text-image pairs), or your own images: '
-                         '"image_folder" or "npz" (from data.path)',
-                         choices=("digits", "tfds", "captions", "image_folder", "npz"))
+                         '"image_folder" or "npz" (from data.path); "prompts" (model.network "sd3": '
+                         "data-free, the teacher's own samples for the prompts of data.path)",
+                         choices=("digits", "tfds", "captions", "image_folder", "npz",
+                                  "prompts"))
     path: str | None = option(
         None, '"image_folder": a folder of images, one subfolder per class (labels in '
         'sorted-name order) or the images directly in it (unconditional); "npz": a file '
         "with an array `images` ([0, 255] or [-1, 1]) and optionally `labels`. Images are "
-        "resized and center-cropped to data.image_shape")
+        "resized and center-cropped to data.image_shape; \"prompts\": a text file of "
+        "prompts, one per line (null: keras_mm.training.sd3.DEFAULT_PROMPTS); model.network "
+        '"sd3" with "image_folder": captioned images, a folder with a metadata.jsonl of '
+        '{"file_name", "text"} lines (keras_mm.datasets.load_captioned_folder)')
     name: str | None = option(
         None, "TFDS dataset name, e.g. cifar10, imagenet_resized/64x64, imagenet2012; "
         'captions: "shapes" (keras_mm.datasets.make_captioned_shapes, bundled) or a TFDS '
@@ -117,7 +122,9 @@ class DataConfig(Section):
                                   minimum=1)
     num_examples: int | None = option(
         None, 'captions: examples drawn ("shapes") or read from the start of the TFDS split '
-        "into memory (null: all of it)", minimum=1)
+        'into memory (null: all of it); "prompts": teacher samples generated once (cycling '
+        "through the prompts; eval.teacher_num_steps steps at distill.teacher_guidance_scale) "
+        "and cached in RUN_DIR/teacher_samples.npz (null: one per prompt)", minimum=1)
     image_feature: str = option("image", "captions, TFDS: the image feature")
     caption_feature: str = option(
         "caption", "captions, TFDS: the caption feature; a/b for nested features "
@@ -134,6 +141,15 @@ class DataConfig(Section):
 @dataclasses.dataclass
 class ModelConfig(Section):
     section: typing.ClassVar[str] = "model"
+    network: str = option(
+        "uvit", '"uvit" (a UViT teacher that train-teacher trains) or "sd3" (KerasHub\'s '
+        "Stable Diffusion 3 as the teacher, from model.sd3_preset; distill only)",
+        choices=("uvit", "sd3"))
+    sd3_preset: str | None = option(
+        None, 'network "sd3": a KerasHub StableDiffusion3Backbone preset (e.g. '
+        '"stable_diffusion_3_medium", downloaded from Kaggle) or a local preset directory; '
+        "null: a randomly initialised tiny backbone (keras_mm.models.sd3.tiny_sd3_backbone), "
+        "kept in RUN_DIR/sd3_backbone")
     uvit_preset: str | None = option(
         "uvit_digits", "UViT preset (keras_mm.models.uvit_presets), or null to build from "
         "model.uvit alone")

@@ -13,7 +13,11 @@ from keras_mm.datasets.captions import (  # noqa: F401
     make_captioned_shapes,
 )
 from keras_mm.datasets.digits import infinite_batches, load_digits  # noqa: F401
-from keras_mm.datasets.image_files import load_image_folder, load_npz  # noqa: F401
+from keras_mm.datasets.image_files import (  # noqa: F401
+    load_captioned_folder,
+    load_image_folder,
+    load_npz,
+)
 from keras_mm.datasets.tfds_images import (  # noqa: F401
     DatasetNotAvailableError,
     tfds_image_dataset,

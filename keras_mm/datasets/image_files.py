@@ -56,6 +56,56 @@ def load_image_folder(path, image_shape):
     return images / 127.5 - 1.0, labels, class_names
 
 
+CAPTIONS_FILE = "metadata.jsonl"  # Hugging Face `imagefolder`'s captions file
+
+
+def load_captioned_folder(path, image_shape):
+    """Captioned images: a folder with `metadata.jsonl`, one JSON object per line naming an
+    image (`"file_name"`, relative to the folder) and its caption (`"text"`), the layout of
+    Hugging Face's `imagefolder` text-to-image datasets. Images are read as by
+    `load_image_folder`.
+
+    Args:
+        path: the folder.
+        image_shape: `(height, width, channels)` of the output.
+
+    Returns:
+        `(images, captions)`: float32 [N, H, W, C] in [-1, 1] and a list of N strings.
+
+    Example:
+    ```python
+    # photos/metadata.jsonl: {"file_name": "cat.png", "text": "a cat on a windowsill"}
+    images, captions = keras_mm.datasets.load_captioned_folder("photos", (512, 512, 3))
+    ```
+    """
+    import json
+
+    height, width, channels = _check_image_shape(image_shape)
+    metadata = os.path.join(path, CAPTIONS_FILE)
+    if not os.path.isfile(metadata):
+        raise DatasetNotAvailableError(
+            f"No {CAPTIONS_FILE} in '{path}': captioned images need one line per image, "
+            '{"file_name": "cat.png", "text": "a cat on a windowsill"}.')
+    files, captions = [], []
+    with open(metadata, encoding="utf-8") as lines:
+        for number, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+                files.append(os.path.join(path, entry["file_name"]))
+                captions.append(str(entry["text"]))
+            except (ValueError, KeyError, TypeError):
+                raise ValueError(f"{metadata} line {number} is not a JSON object with "
+                                 f'"file_name" and "text": {line.strip()[:80]!r}.') from None
+    if not files:
+        raise ValueError(f"{metadata} names no images.")
+    images = np.empty((len(files), height, width, channels), "float32")
+    for index, file in enumerate(files):
+        images[index] = _read_image(file, height, width, channels)
+    return images / 127.5 - 1.0, captions
+
+
 def load_npz(path, image_shape=None):
     """`images` (and optional `labels`) of an `.npz` file, as float32 [N, H, W, C] in [-1, 1].
 

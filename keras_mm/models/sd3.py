@@ -270,3 +270,70 @@ def encode_images(backbone, images):
 def decode_latents(backbone, latents):
     """Latents (samples of an SD3 teacher or student) -> images in about [-1, 1]."""
     return ops.cast(backbone.decode_step(ops.convert_to_tensor(latents, "float32")), "float32")
+
+
+# The tiny tokenizer's vocabulary: lowercase letters and digits, alone and word-final (CLIP's
+# "</w>"), one merge, then CLIP's start and end tokens. The end token has the largest id:
+# SD3 pools CLIP's output at the argmax of the token ids.
+_TINY_SYMBOLS = "abcdefghijklmnopqrstuvwxyz0123456789"
+_TINY_VOCABULARY = {token: index for index, token in enumerate(
+    [*_TINY_SYMBOLS, *(f"{symbol}</w>" for symbol in _TINY_SYMBOLS), "th"])}
+_TINY_VOCABULARY["<|startoftext|>"] = len(_TINY_VOCABULARY)
+_TINY_VOCABULARY["<|endoftext|>"] = len(_TINY_VOCABULARY)
+
+
+def tiny_sd3_preprocessor(sequence_length=8):
+    """A KerasHub `StableDiffusion3TextToImagePreprocessor` for `tiny_sd3_backbone`: CLIP
+    tokenizers over letters and digits (other characters become the end token), built in
+    code so that nothing downloads.
+
+    Args:
+        sequence_length: tokens per prompt, the tiny CLIP encoders' length.
+
+    Returns:
+        The preprocessor; `.generate_preprocess(prompts)` gives `encode_prompts`'s token ids.
+    """
+    import keras_hub
+    from keras_hub.src.models.clip.clip_preprocessor import CLIPPreprocessor
+    from keras_hub.src.models.clip.clip_tokenizer import CLIPTokenizer
+
+    def clip():
+        tokenizer = CLIPTokenizer(vocabulary=dict(_TINY_VOCABULARY), merges=["t h"],
+                                  pad_with_end_token=True)
+        return CLIPPreprocessor(tokenizer, sequence_length=sequence_length)
+
+    return keras_hub.models.StableDiffusion3TextToImagePreprocessor(clip(), clip())
+
+
+def tiny_sd3_backbone(image_shape=(32, 32, 3), sequence_length=8, seed=0):
+    """A randomly initialised tiny KerasHub `StableDiffusion3Backbone`: a one-layer MMDiT of
+    width 16, a 32-channel VAE, one-layer CLIP-L/G of width 8 and no T5. Runs on a CPU in
+    seconds; its samples are noise-like (nothing is trained), which is enough to exercise
+    the SD3 chain (`keras-mm distill --config sd3_tiny`).
+
+    Args:
+        image_shape: `(height, width, 3)`, multiples of 8 (latents are 8x smaller, 16
+            channels).
+        sequence_length: tokens per prompt (`tiny_sd3_preprocessor`'s).
+        seed: seed of the random weights.
+
+    Returns:
+        The backbone; `sd3_teacher(backbone)` is its keras_mm teacher.
+    """
+    import keras_hub
+    from keras_hub.src.models.clip.clip_text_encoder import CLIPTextEncoder
+    from keras_hub.src.models.vae.vae_backbone import VAEBackbone
+
+    keras.utils.set_random_seed(seed)
+    vocabulary_size = len(_TINY_VOCABULARY)
+    vae = VAEBackbone([32] * 4, [1] * 4, [32] * 4, [1] * 4, sampler_method="mode", name="vae")
+    clip_l, clip_g = (
+        CLIPTextEncoder(vocabulary_size, 8, 8, 1, 2, 16, activation, -1,
+                        max_sequence_length=sequence_length, name=name)
+        for name, activation in (("clip_l", "quick_gelu"), ("clip_g", "gelu")))
+    latent_size = image_shape[0] // 8
+    return keras_hub.models.StableDiffusion3Backbone(
+        mmdit_patch_size=2, mmdit_hidden_dim=16, mmdit_num_layers=1, mmdit_num_heads=2,
+        mmdit_position_size=max(latent_size // 2, 1), mmdit_qk_norm=None,
+        mmdit_dual_attention_indices=None, vae=vae, clip_l=clip_l, clip_g=clip_g,
+        image_shape=tuple(image_shape))

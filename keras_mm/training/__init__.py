@@ -11,6 +11,8 @@
 - `builders`: `build_teacher(config)`, `build_distiller(config, teacher)`, `load_model`.
 - `data`: config -> `training_stream`, `reference_images`; `captions`: `CaptionData`.
 - `runs`: `train_teacher(config, run_dir)` and `distill(config, teacher_path, run_dir)`.
+- `sd3`: Stable Diffusion 3 teachers (model.network "sd3"): backbone, prompts, the
+  teacher's own samples as data-free distillation data.
 
 Errors the user must fix are `keras_mm.configs.ConfigError` (a ValueError) with one line.
 """

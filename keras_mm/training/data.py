@@ -17,7 +17,9 @@ FILE_SOURCES = ("image_folder", "npz")  # the user's own images, read from data.
 
 def training_stream(config, batch_size, seed, captions=None, start=0):
     """Endless training batches: `(images, labels)`, `(images,)` for unconditional configs, or
-    `{"images", "text_embeddings", "text_mask"}` for captions (`captions`: a CaptionData).
+    `{"images", "text_embeddings", "text_mask"}` for captions (`captions`: a CaptionData), or
+    `{"images", "context", "pooled_projection"}` for SD3 (`captions`: the run's
+    `keras_mm.training.sd3.CachedLatents`).
 
     `start`: the index of the first batch, so that a resumed run continues the stream of
     the uninterrupted one (same order, same position)."""
@@ -26,6 +28,8 @@ def training_stream(config, batch_size, seed, captions=None, start=0):
     data = config["data"]
     if data["source"] == "captions":
         return captions.stream(batch_size, seed).skip(start)
+    if config["model"]["network"] == "sd3":  # captions: the run's sd3.CachedLatents
+        return captions.stream(batch_size, seed, start=start)
     conditional = data["num_classes"] is not None
     if data["source"] in ("digits", *FILE_SOURCES):
         images, labels = in_memory_images(config)

@@ -19,7 +19,7 @@ import os
 import keras
 
 from keras_mm.configs import ConfigError, check_config
-from keras_mm.training import builders, captions, data, faults
+from keras_mm.training import builders, captions, data, faults, sd3
 from keras_mm.training.callbacks import (
     BEST_WEIGHTS,
     fid_callbacks,
@@ -38,7 +38,9 @@ DISTILL_OUTPUTS = [BEST_WEIGHTS, BEST_WEIGHTS.replace(".weights.h5", ".*json")]
 def check_runnable(config):
     """One-line errors for a data section that cannot run, before anything is loaded."""
     check_config(config)
-    if config["data"]["source"] == "captions":
+    if sd3.is_sd3(config):
+        sd3.check_sd3_config(config)
+    elif config["data"]["source"] == "captions":
         captions.check_caption_config(config)
 
 
@@ -64,6 +66,10 @@ def train_teacher(config, run_dir, overwrite=False, verbose=1):
         The path of the saved teacher, RUN_DIR/teacher.keras (with its Adam state, the
         instant method's preconditioner).
     """
+    if sd3.is_sd3(config):
+        raise ConfigError("model.network 'sd3' is a trained teacher (model.sd3_preset): distill "
+                          "it with `keras-mm distill` (no --teacher); train-teacher trains "
+                          "UViT teachers.")
     check_runnable(config)
     training = config["teacher"]
     steps_per_epoch, epochs = training_plan(training, "teacher")
@@ -123,6 +129,8 @@ def distill(config, teacher_path, run_dir, overwrite=False, verbose=1):
     section = config["distill"]
     steps_per_epoch, epochs = training_plan(section, "distill")
     fid_every = in_checkpoints(section["fid_every"], steps_per_epoch, "distill.fid_every")
+    if sd3.is_sd3(config):
+        return _distill_sd3(config, run_dir, overwrite, verbose, steps_per_epoch, epochs)
     # The instant method reads its preconditioner from the teacher's saved Adam state.
     needs_adam = section["method"] == "instant" and not section["preconditioner_steps"]
     encoder = captions.load_text_encoder(config) if captions.is_text(config) else None
@@ -134,6 +142,23 @@ def distill(config, teacher_path, run_dir, overwrite=False, verbose=1):
                                         outputs=DISTILL_OUTPUTS)
         return _distill(config, teacher, run_dir, verbose, steps_per_epoch, epochs,
                         fid_every, caption_data, resumed_epoch)
+
+
+def _distill_sd3(config, run_dir, overwrite, verbose, steps_per_epoch, epochs):
+    """`distill` of an SD3 teacher (model.sd3_preset), on its own samples of prompts or on
+    captioned images."""
+    from keras_mm.models.sd3 import sd3_teacher
+
+    with RunLock(run_dir):
+        if overwrite:
+            sd3.clear(run_dir)
+        backbone = sd3.load_backbone(config, run_dir)
+        teacher = sd3_teacher(backbone, seed=config["distill"]["seed"])
+        resumed_epoch = prepare_run_dir(run_dir, DISTILL_ARTIFACTS, config, overwrite,
+                                        outputs=DISTILL_OUTPUTS)
+        samples = sd3.training_data(config, backbone, teacher, run_dir)
+        return _distill(config, teacher, run_dir, verbose, steps_per_epoch, epochs, 0,
+                        samples, resumed_epoch)
 
 
 def _distill(config, teacher, run_dir, verbose, steps_per_epoch, epochs, fid_every,
