@@ -155,8 +155,8 @@ def panel_svg(x0, y0, width, height, title, series, hlines=()):
     def py(y):
         return y0 + top + plot_h * (1 - (y - y_ticks[0]) / (y_ticks[-1] - y_ticks[0]))
 
-    out = [f'<text x="{x0 + left + plot_w / 2:.0f}" y="{y0 + 14}" text-anchor="middle" '
-           f'font-weight="bold">{title}</text>']
+    out = [(f'<text x="{x0 + left + plot_w / 2:.0f}" y="{y0 + 14}" text-anchor="middle" '
+            f'font-weight="bold">{title}</text>')]
     for y in y_ticks:
         out.append(f'<line x1="{x0 + left}" x2="{x0 + left + plot_w}" y1="{py(y):.1f}" '
                    f'y2="{py(y):.1f}" stroke="#e5e5e5"/>')

@@ -98,12 +98,12 @@ def main(argv=None):
         print(f"  {name:<22} {steps:>3} steps: FD {result['fd']:.3f}")
 
     table = [
-        f"Bundled digits, backend `{keras.backend.backend()}`, {args.num_samples} samples each; "
-        f"teacher {args.teacher_epochs} epochs ({teacher_minutes:.1f} min), distillation "
-        f"{args.distill_steps} steps ({distill_minutes:.1f} min; best-FD checkpoint kept).",
+        (f"Bundled digits, backend `{keras.backend.backend()}`, {args.num_samples} samples "
+         f"each; teacher {args.teacher_epochs} epochs ({teacher_minutes:.1f} min), distillation "
+         f"{args.distill_steps} steps ({distill_minutes:.1f} min; best-FD checkpoint kept)."),
         "",
-        "| sampler | steps | FD (DigitsFeatures) | class accuracy | precision | recall "
-        "| sampling s | grid |",
+        ("| sampler | steps | FD (DigitsFeatures) | class accuracy | precision | recall "
+         "| sampling s | grid |"),
         "|---|---|---|---|---|---|---|---|",
     ]
     for name, steps, r, grid in rows:

@@ -2,7 +2,7 @@
 
 import importlib.util
 import os
-import xml.etree.ElementTree as ElementTree
+from xml.etree import ElementTree
 
 import pytest
 

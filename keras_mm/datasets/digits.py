@@ -36,7 +36,7 @@ def load_digits(return_labels=True, validation_fraction=0.0, seed=0):
         if not 0.0 < validation_fraction < 1.0:
             raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}.")
         order = np.random.default_rng(seed).permutation(len(images))
-        n_val = int(round(len(images) * validation_fraction))
+        n_val = round(len(images) * validation_fraction)
         val, train = order[:n_val], order[n_val:]
         if return_labels:
             return (images[train], labels[train]), (images[val], labels[val])

@@ -55,7 +55,7 @@ def get_time_sampler(time_sampler, schedule):
             )
         return TIME_SAMPLERS[time_sampler](schedule)
     if not callable(time_sampler):
-        raise ValueError(f"time_sampler must be a name or a callable, got {time_sampler!r}.")
+        raise TypeError(f"time_sampler must be a name or a callable, got {time_sampler!r}.")
     return time_sampler
 
 
