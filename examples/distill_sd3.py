@@ -75,7 +75,8 @@ else:
     backbone = keras_hub.models.StableDiffusion3Backbone.from_preset(
         PRESET, image_shape=IMAGE_SHAPE)
     preprocessor = keras_hub.models.StableDiffusion3TextToImagePreprocessor.from_preset(PRESET)
-teacher = sd3.sd3_teacher(backbone)
+# Classifier-free guidance against the empty prompt's embeddings, as SD3's own sampler.
+teacher = sd3.sd3_teacher(backbone, empty_prompt=preprocessor.generate_preprocess([""]))
 print(f"Teacher: {backbone.diffuser.count_params():,} MMDiT parameters, latents "
       f"{teacher.image_shape}.")
 

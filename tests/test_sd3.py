@@ -179,3 +179,44 @@ def test_latent_teacher_checks_finiteness_not_the_image_range(backbone, data):
                                             conditioning=teacher.conditioning)
     with pytest.raises(ValueError, match=r"must be in \[-1, 1\]"):
         image_teacher.check_training_arrays(data)
+
+
+def test_guidance_steers_away_from_the_empty_prompt_as_keras_hubs(backbone, prompts,
+                                                                   tmp_path):
+    """With `empty_prompt`, guidance is KerasHub's: v = v_empty + (1 + w)(v_prompt - v_empty)
+    (x-hat = z - sigma v is linear in v); the empty prompt's embeddings are held by the
+    denoiser, saved with it, and copied into a distiller's student."""
+    empty = np.array([[1, 19, 0, 0]], "int32")
+    empty_ids = {"clip_l": empty, "clip_g": empty}
+    teacher = sd3.sd3_teacher(backbone, empty_prompt=empty_ids)
+    null = {k: np_(v) for k, v in sd3.encode_prompts(backbone, empty_ids).items()}
+    assert np.abs(null["context"]).max() > 0.1  # not the zeros of SD3Conditioning
+    condition = {k: v[:2] for k, v in prompts.items()}
+    z = np.random.default_rng(2).normal(size=(2, 4, 4, 16)).astype("float32")
+    logsnr = np.array([-1.0, 2.0], "float32")
+    sigma = 1.0 / (1.0 + np.exp(logsnr / 2))  # flow matching: sigma = sigmoid(-logsnr / 2)
+
+    def velocity(context, pooled):
+        return np_(backbone.diffuser({"latent": z, "context": context,
+                                      "pooled_projection": pooled,
+                                      "timestep": (1000 * sigma)[:, None]}))
+
+    v_prompt = velocity(condition["context"], condition["pooled_projection"])
+    v_empty = velocity(np.repeat(null["context"], 2, 0).astype("float32"),
+                       np.repeat(null["pooled_projection"], 2, 0).astype("float32"))
+    expected = z - sigma[:, None, None, None] * (v_empty + 3.0 * (v_prompt - v_empty))
+    guided = np_(teacher.guided_denoise(z, logsnr, condition, guidance_scale=2.0))
+    np.testing.assert_allclose(guided, expected, atol=1e-4)
+    against_zeros = np_(sd3.sd3_teacher(backbone).guided_denoise(z, logsnr, condition, 2.0))
+    assert np.abs(against_zeros - guided).max() > 1e-3
+
+    path = str(tmp_path / "teacher.keras")
+    teacher.save(path)
+    restored = keras.saving.load_model(path)
+    np.testing.assert_allclose(np_(restored.guided_denoise(z, logsnr, condition, 2.0)), guided,
+                               atol=1e-5)
+    distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=2, seed=0)
+    np.testing.assert_array_equal(np_(distiller.generator.null_condition(1)["context"]),
+                                  null["context"])
+    with pytest.raises(ValueError, match="must be one prompt's"):
+        teacher.network.set_null_condition({k: np.repeat(v, 2, 0) for k, v in null.items()})

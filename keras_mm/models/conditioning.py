@@ -147,12 +147,13 @@ class Conditioning:
         return None
 
     # ------------------------------------------------------------------ training and evaluation
-    def drop(self, condition, keep):
+    def drop(self, condition, keep, null=None):
         """Classifier-free guidance dropout: example i keeps its condition where `keep[i]`
-        (bool [B]) and gets the null condition elsewhere."""
+        (bool [B]) and gets the null condition (`null`, default `self.null`) elsewhere."""
         if not condition:
             return condition
-        null = self.null(ops.shape(keep)[0])
+        if null is None:
+            null = self.null(ops.shape(keep)[0])
         dropped = {}
         for key, value in condition.items():
             mask = ops.reshape(keep, (-1,) + (1,) * (len(value.shape) - 1))
@@ -270,7 +271,7 @@ class Unconditional(Conditioning):
     def null(self, batch_size):
         return {}
 
-    def drop(self, condition, keep):
+    def drop(self, condition, keep, null=None):
         return condition
 
 
@@ -396,8 +397,9 @@ class TextEmbeddingConditioning(Conditioning):
                 f"text_dim={expected}: use the text encoder the model was trained with (its "
                 "hidden_dim), or build the network with text_dim=hidden_dim.")
 
-    def drop(self, condition, keep):
-        # The null caption is signalled by an empty mask; the embeddings stay.
+    def drop(self, condition, keep, null=None):
+        # The null caption is signalled by an empty mask (`null` is not used); the
+        # embeddings stay.
         if not condition:
             return condition
         return {"text_embeddings": condition["text_embeddings"],
@@ -458,9 +460,11 @@ class CombinedConditioning(Conditioning):
         return [check for part, part_tensors in self._split(tensors)
                 for check in part.export_value_checks(part_tensors)]
 
-    def drop(self, condition, keep):
+    def drop(self, condition, keep, null=None):
         return {key: value for part, values in self._split(condition)
-                for key, value in part.drop(values, keep).items()}
+                for key, value in part.drop(
+                    values, keep, None if null is None else {k: null[k] for k in values}
+                ).items()}
 
     def repeat(self, condition, num_samples):
         if condition is None:

@@ -210,8 +210,16 @@ class DiffusionModel(IterationTrainer, keras.Model):
         return [v for v in self.network.weights if id(v) in self._parameter_ids]
 
     def null_condition(self, batch_size):
-        """The unconditional input: the null label / an all-padding caption / nothing."""
-        return self.conditioning.null(batch_size)
+        """The unconditional input: the network's own (`network.null_condition(batch_size)`,
+        e.g. SD3's empty prompt) where it has one, else the conditioning's: the null label /
+        an all-padding caption / nothing."""
+        null = self.network_null_condition(batch_size)
+        return self.conditioning.null(batch_size) if null is None else null
+
+    def network_null_condition(self, batch_size):
+        """`network.null_condition(batch_size)` where the network holds its own, else None."""
+        own = getattr(self.network, "null_condition", None)
+        return own(batch_size) if callable(own) else None
 
     def check_condition(self, condition, batch_size=None):
         """Raise a clear ValueError when `condition` does not fit this model; returns it as
@@ -321,7 +329,8 @@ class DiffusionModel(IterationTrainer, keras.Model):
         if not condition or not self.condition_dropout:
             return condition
         keep = keras.random.uniform((batch_size,), seed=self.seed_generator)
-        return self.conditioning.drop(condition, keep >= self.condition_dropout)
+        return self.conditioning.drop(condition, keep >= self.condition_dropout,
+                                      self.network_null_condition(batch_size))
 
     def iteration(self, data):
         images, condition = self.checked_batch(data)

@@ -20,10 +20,10 @@ class SD3Conditioning(Conditioning):
     """SD3's condition: `{"context": float [B, context_length, context_dim],
     "pooled_projection": float [B, pooled_dim]}` (what `encode_prompts` returns).
 
-    The null condition is all zeros. SD3's own classifier-free guidance uses the embeddings
-    of the empty prompt instead; zeros need no text encoder at training or export time and
-    are what SD3 itself feeds for a missing T5 (the context's padded part). Pass the empty
-    prompt's embeddings as the condition of a guided sample to guide against it exactly.
+    Its own null condition is all zeros. A teacher made by `sd3_teacher(backbone,
+    empty_prompt=...)` guides against the empty prompt's embeddings instead, as SD3 itself
+    does: its `SD3Denoiser` holds them (`null_condition`), and `DiffusionModel.null_condition`
+    takes a network's own null condition before its conditioning's.
 
     Args:
         context_dim: the context's width (4096 for SD3: T5's width, CLIP's padded to it).
@@ -76,6 +76,11 @@ class SD3Denoiser(keras.Model):
     Args:
         mmdit: a KerasHub `MMDiT` (a `StableDiffusion3Backbone`'s `.diffuser`).
         num_train_timesteps: SD3's timestep scale (the backbone's, 1000).
+        context_length: L, the context's number of tokens. When given, the denoiser holds
+            the null condition of classifier-free guidance as two non-trainable weights
+            (zeros until `set_null_condition`, e.g. the empty prompt's embeddings), saved
+            and copied with it; None: no null condition of its own (zeros from
+            `SD3Conditioning`).
 
     Call arguments:
         inputs: `{"noisy": [B, h, w, 16] latents, "logsnr": [B], "context": [B, L, D],
@@ -89,7 +94,7 @@ class SD3Denoiser(keras.Model):
     ```
     """
 
-    def __init__(self, mmdit, num_train_timesteps=1000, **kwargs):
+    def __init__(self, mmdit, num_train_timesteps=1000, context_length=None, **kwargs):
         super().__init__(**kwargs)
         if isinstance(mmdit, dict):  # a fresh copy: this wrapper's flag says if it trains
             mmdit = keras.saving.deserialize_keras_object(mmdit)
@@ -100,6 +105,14 @@ class SD3Denoiser(keras.Model):
         self.num_classes = None
         self.text_dim = int(mmdit.context_shape[-1])
         self.pooled_dim = int(mmdit.pooled_projection_shape[-1])
+        self.context_length = None if context_length is None else int(context_length)
+        if self.context_length is not None:
+            self.null_context = self.add_weight(
+                shape=(self.context_length, self.text_dim), initializer="zeros",
+                trainable=False, name="null_context")
+            self.null_pooled_projection = self.add_weight(
+                shape=(self.pooled_dim,), initializer="zeros", trainable=False,
+                name="null_pooled_projection")
 
     @classmethod
     def from_backbone(cls, backbone):
@@ -108,7 +121,35 @@ class SD3Denoiser(keras.Model):
         Frozen when the MMDiT is (e.g. by a distiller of another teacher on this backbone),
         so that `DiffusionModel` still finds its parameters theta."""
         return cls(backbone.diffuser, num_train_timesteps=backbone.num_train_timesteps,
+                   context_length=context_length(backbone),
                    trainable=backbone.diffuser.trainable)
+
+    def set_null_condition(self, condition):
+        """Hold one prompt's condition (`encode_prompts` of the empty prompt, batch 1) as the
+        null condition of classifier-free guidance."""
+        if self.context_length is None:
+            raise ValueError("This SD3Denoiser holds no null condition: build it with "
+                             "SD3Denoiser.from_backbone (or pass context_length).")
+        context = ops.convert_to_tensor(condition["context"], "float32")
+        pooled = ops.convert_to_tensor(condition["pooled_projection"], "float32")
+        expected = (1, self.context_length, self.text_dim)
+        if tuple(context.shape) != expected or tuple(pooled.shape) != (1, self.pooled_dim):
+            raise ValueError(
+                f"The null condition must be one prompt's: context {expected} and "
+                f"pooled_projection (1, {self.pooled_dim}); got {tuple(context.shape)} and "
+                f"{tuple(pooled.shape)}.")
+        self.null_context.assign(context[0])
+        self.null_pooled_projection.assign(pooled[0])
+
+    def null_condition(self, batch_size):
+        """The held null condition, repeated `batch_size` times (None when none is held)."""
+        if self.context_length is None:
+            return None
+        return {"context": ops.broadcast_to(
+                    self.null_context.value[None],
+                    (batch_size, self.context_length, self.text_dim)),
+                "pooled_projection": ops.broadcast_to(
+                    self.null_pooled_projection.value[None], (batch_size, self.pooled_dim))}
 
     def timestep(self, logsnr):
         """SD3's timestep input for logSNR: num_train_timesteps * sigmoid(-logSNR / 2)."""
@@ -134,7 +175,8 @@ class SD3Denoiser(keras.Model):
         # that was frozen when it was built (`from_backbone`).
         config.pop("trainable", None)
         config.update({"mmdit": keras.saving.serialize_keras_object(self.mmdit),
-                       "num_train_timesteps": self.num_train_timesteps})
+                       "num_train_timesteps": self.num_train_timesteps,
+                       "context_length": self.context_length})
         return config
 
     @classmethod
@@ -209,7 +251,7 @@ def context_length(backbone):
     return clip_length + backbone.t5.max_sequence_length
 
 
-def sd3_teacher(backbone, condition_dropout=0.0, seed=None):
+def sd3_teacher(backbone, condition_dropout=0.0, seed=None, empty_prompt=None):
     """A keras_mm teacher (`DiffusionModel`) from a KerasHub `StableDiffusion3Backbone`.
 
     Latent (the data are VAE latents, see `encode_images` / `decode_latents`), rectified
@@ -220,6 +262,10 @@ def sd3_teacher(backbone, condition_dropout=0.0, seed=None):
         backbone: a `keras_hub.models.StableDiffusion3Backbone`.
         condition_dropout: for further teacher training (SD3 is already trained: 0).
         seed: seed of the model's random draws.
+        empty_prompt: the empty prompt's token ids (`preprocessor.generate_preprocess([""])`
+            of KerasHub's `StableDiffusion3TextToImagePreprocessor`): classifier-free
+            guidance then steers away from its embeddings, as SD3's own sampler does. None:
+            away from zeros.
 
     Returns:
         A `keras_mm.DiffusionModel` that `keras_mm.MomentMatchingDistiller` takes.
@@ -228,7 +274,11 @@ def sd3_teacher(backbone, condition_dropout=0.0, seed=None):
     ```python
     backbone = keras_hub.models.StableDiffusion3Backbone.from_preset(
         "stable_diffusion_3_medium", image_shape=(512, 512, 3))
-    teacher = keras_mm.models.sd3.sd3_teacher(backbone)
+    preprocessor = keras_hub.models.StableDiffusion3TextToImagePreprocessor.from_preset(
+        "stable_diffusion_3_medium")
+    teacher = keras_mm.models.sd3.sd3_teacher(
+        backbone, empty_prompt=preprocessor.generate_preprocess([""]))
+    token_ids = preprocessor.generate_preprocess(["a photo of a cat"])
     condition = keras_mm.models.sd3.encode_prompts(backbone, token_ids)
     latents = teacher.sample(condition=condition, num_steps=28, guidance_scale=6.0, seed=0)
     images = keras_mm.models.sd3.decode_latents(backbone, latents)
@@ -237,6 +287,8 @@ def sd3_teacher(backbone, condition_dropout=0.0, seed=None):
     from keras_mm.models.diffusion_model import DiffusionModel
 
     network = SD3Denoiser.from_backbone(backbone)
+    if empty_prompt is not None:
+        network.set_null_condition(encode_prompts(backbone, empty_prompt))
     conditioning = SD3Conditioning(network.text_dim, network.pooled_dim,
                                    context_length(backbone))
     return DiffusionModel(network, schedule=FlowMatchingSchedule(shift=backbone.shift),

@@ -153,7 +153,10 @@ def _distill_sd3(config, run_dir, overwrite, verbose, steps_per_epoch, epochs):
         if overwrite:
             sd3.clear(run_dir)
         backbone = sd3.load_backbone(config, run_dir)
-        teacher = sd3_teacher(backbone, seed=config["distill"]["seed"])
+        # Guidance against the empty prompt, as SD3's own sampler.
+        empty_prompt = sd3.load_preprocessor(config).generate_preprocess([""])
+        teacher = sd3_teacher(backbone, seed=config["distill"]["seed"],
+                              empty_prompt=empty_prompt)
         resumed_epoch = prepare_run_dir(run_dir, DISTILL_ARTIFACTS, config, overwrite,
                                         outputs=DISTILL_OUTPUTS)
         samples = sd3.training_data(config, backbone, teacher, run_dir)
