@@ -136,3 +136,23 @@ def test_jax_checkpoints_keep_less_in_the_compiled_step():
 
     plain, checkpointed = temporaries(False), temporaries(True)
     assert checkpointed < 0.5 * plain, (checkpointed, plain)
+
+
+@pytest.mark.one_backend("jax")
+def test_jax_checkpoint_differentiates_closed_over_values():
+    """A checkpointed function may read a bound weight it is not given (another layer's):
+    its gradient is the plain one (a custom VJP would otherwise leak a tracer)."""
+    from keras_mm.backend.remat import checkpoint
+
+    weight = keras.Variable(np.full((3,), 2.0, "float32"))
+    x = ops.convert_to_tensor(np.array([0.1, 0.5, 1.0], "float32"))
+
+    def loss(remat):
+        def fn(inputs):
+            return ops.sin(inputs * weight.value)
+
+        return ops.sum((checkpoint(fn) if remat else fn)(x) ** 2), None
+
+    plain = value_and_grad(lambda: loss(False), [weight])()
+    checkpointed = value_and_grad(lambda: loss(True), [weight])()
+    assert_same(plain[:1] + tuple(plain[2]), checkpointed[:1] + tuple(checkpointed[2]))

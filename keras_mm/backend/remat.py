@@ -47,29 +47,42 @@ def _recording():
 def checkpoint(fn):
     """`fn(*tensors)`, keeping only `tensors` for the backward pass: `keras.remat(fn)`.
 
-    On JAX, `keras.remat` is `jax.checkpoint`, whose recomputation XLA:CPU schedules early,
-    before the backward pass needs it, so that the recomputed activations are all live at
-    once (a LoRA alternating step's compiled temporaries grew by 10%, not shrank). Here the
-    same recomputation is a custom VJP whose inputs depend on the incoming cotangent
-    (`computed_after`): it cannot start before the backward pass reaches the layer.
+    On JAX, `keras.remat` is `jax.checkpoint`, whose recomputations XLA:CPU schedules early,
+    before the backward pass needs them, so that the recomputed activations are all live
+    at once (a LoRA alternating step's compiled temporaries grew by 10%, not shrank). Here
+    the recomputation is a custom VJP whose inputs depend on the incoming cotangent
+    (`computed_after`): it cannot start before the backward pass reaches the layer. Values
+    that `fn` closes over (a weight of another layer, bound by a `StatelessScope`) become
+    explicit inputs (`jax.closure_convert`), so they get their gradients too.
     """
     if _BACKEND != "jax":
         return keras.remat(fn)
     import jax
 
-    @jax.custom_vjp
     def checkpointed(*tensors):
+        converted, hoisted = jax.closure_convert(fn, *tensors)
+        return _recomputed_in_backward(converted, *tensors, *hoisted)
+
+    return checkpointed
+
+
+if _BACKEND == "jax":
+    import functools
+
+    import jax
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def _recomputed_in_backward(fn, *tensors):
         return fn(*tensors)
 
-    def forward(*tensors):
+    def _keep_inputs(fn, *tensors):
         return fn(*tensors), tensors
 
-    def backward(tensors, cotangent):
+    def _recompute(fn, tensors, cotangent):
         _, pullback = jax.vjp(fn, *computed_after(tensors, cotangent))
         return pullback(cotangent)
 
-    checkpointed.defvjp(forward, backward)
-    return checkpointed
+    _recomputed_in_backward.defvjp(_keep_inputs, _recompute)
 
 
 def _checkpointed(layer, call):
