@@ -3,8 +3,9 @@
 `keras.RematScope` takes effect only on layers created inside it, and a distiller calls layers
 that exist already (the teacher's, shared by LoRA students). `rematerialized(layers)` gives
 those layers a checkpointed call for the duration of a `with` block: each keeps only its
-inputs for the backward pass and recomputes its activations there (`keras.remat`:
-`jax.checkpoint`, `tf.recompute_grad`, `torch.utils.checkpoint`).
+inputs for the backward pass and recomputes its activations there (`checkpoint`:
+`tf.recompute_grad` and `torch.utils.checkpoint` through `keras.remat`; on JAX a custom VJP
+that XLA cannot run before the backward pass, unlike `jax.checkpoint`).
 
 The layer's weights are passed to the checkpointed function as explicit inputs, read from the
 enclosing `StatelessScope` (`value_and_grad` binds the differentiated values there, a LoRA
