@@ -6,6 +6,7 @@ from keras import ops
 import keras_mm
 from keras_mm import backend
 from keras_mm.backend import autodiff
+from keras_mm.datasets import load_digits
 from keras_mm.distillation import distiller as distiller_module
 from tests.helpers import TinyConvNet
 
@@ -122,3 +123,48 @@ def test_default_compile_uses_xla_where_keras_auto_does(teacher):
     else:
         expected = keras.backend.backend() == "jax"
     assert distiller.jit_compile is expected
+
+
+def test_computed_after_gives_the_same_bits_and_depends_on_its_dependencies():
+    # Subnormals aside: XLA on CPU flushes them to zero in any arithmetic.
+    x = np.array([-0.0, 0.0, 1.5, -2.0, np.nan, np.inf, -np.inf], "float32")
+    labels = ops.convert_to_tensor(np.arange(3), "int32")
+    for dependency in ([0.5, 2.0], [np.nan, 1.0], [np.inf], [-1e30, 0.0]):
+        dependency = ops.convert_to_tensor(np.array(dependency, "float32"))
+        out = backend.computed_after({"x": ops.convert_to_tensor(x), "labels": labels},
+                                     [dependency, None])
+        assert np.asarray(ops.convert_to_numpy(out["x"])).tobytes() == x.tobytes()
+        np.testing.assert_array_equal(ops.convert_to_numpy(out["labels"]), np.arange(3))
+    if keras.backend.backend() == "jax":
+        import jax
+
+        # The output is computed from the dependency (what orders a compiled step).
+        jaxpr = jax.make_jaxpr(backend.computed_after)(ops.ones(3), ops.ones(2)).jaxpr
+        needed = set(map(str, jaxpr.outvars))
+        for equation in reversed(jaxpr.eqns):
+            if needed & set(map(str, equation.outvars)):
+                needed |= {str(v) for v in equation.invars if hasattr(v, "aval")}
+        assert str(jaxpr.invars[1]) in needed
+
+
+def test_the_ordered_alternating_step_trains_as_before(teacher, monkeypatch):
+    """The generator update waits for the auxiliary's (`computed_after`): two compiled fit
+    steps give the same weights and losses as without that dependence."""
+    images, labels = load_digits()
+    results = []
+    for ordered in (True, False):
+        if not ordered:
+            monkeypatch.setattr(distiller_module, "computed_after", lambda t, d: t)
+        distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=2, lora_rank=2,
+                                                     seed=4)
+        distiller.compile(learning_rate=1e-2, warmup_steps=0,
+                          jit_compile=keras.backend.backend() != "torch")
+        history = distiller.fit(images[:32], labels[:32], batch_size=16, epochs=1,
+                                verbose=0, shuffle=False)
+        results.append(([np_(w) for w in distiller.trainable_weights], history.history))
+    (weights, history), (plain_weights, plain_history) = results
+    assert max(np.abs(w).max() for w in weights) > 0  # the deltas moved
+    for got, want in zip(weights, plain_weights):
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-7)
+    for key, values in plain_history.items():
+        np.testing.assert_allclose(history[key], values, rtol=1e-6, err_msg=key)

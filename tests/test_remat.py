@@ -7,7 +7,9 @@ import pytest
 from keras import ops
 
 import keras_mm
+from keras_mm.backend import remat as remat_module
 from keras_mm.backend import rematerialized, value_and_grad
+from keras_mm.backend.autodiff import bound
 from keras_mm.datasets import load_digits
 from tests.helpers import TinyConvNet
 
@@ -29,13 +31,13 @@ def setup():
 
 def counting_remat(monkeypatch):
     calls = []
-    remat = keras.remat
+    checkpoint = remat_module.checkpoint
 
     def counted(fn):
         calls.append(fn)
-        return remat(fn)
+        return checkpoint(fn)
 
-    monkeypatch.setattr(keras, "remat", counted)
+    monkeypatch.setattr(remat_module, "checkpoint", counted)
     return calls
 
 
@@ -98,3 +100,59 @@ def test_remat_distiller_step_is_the_plain_one(setup, method="instant"):
     np.testing.assert_allclose(logs[1][first], logs[0][first], rtol=1e-5)
     assert distiller.get_config()["remat"] is True
     assert not any("call" in vars(layer) for layer in teacher.network.layers)  # restored
+
+
+@pytest.mark.one_backend("jax")
+def test_jax_checkpoints_keep_less_in_the_compiled_step():
+    """XLA:CPU scheduled `jax.checkpoint`'s recomputations before the backward pass, all
+    live at once: here 15.9 MB of compiled temporaries against 13.2 MB without remat (a LoRA
+    alternating step: 149 MB against 135 MB). keras_mm's checkpoint recomputes each block
+    when its cotangent arrives: 2.9 MB."""
+    import jax
+
+    # Residual MLP blocks, as a transformer's: the 4x-wide hidden activations are what a
+    # checkpointed block recomputes instead of keeping.
+    layers = [keras.Sequential([keras.layers.Dense(512, activation="gelu"),
+                                keras.layers.Dense(128)]) for _ in range(6)]
+    x = ops.ones((256, 128))
+    for layer in layers:
+        layer.build((None, 128))
+    variables = [v for layer in layers for v in layer.trainable_variables]
+
+    def loss():
+        y = x
+        for layer in layers:
+            y = y + layer(y)
+        return ops.sum(y * y), None
+
+    def temporaries(remat):
+        def step(values):
+            with bound(variables, values), rematerialized(layers if remat else []):
+                return value_and_grad(loss, variables)()[2]
+
+        values = [v.value for v in variables]
+        compiled = jax.jit(step).lower(values).compile()
+        return compiled.memory_analysis().temp_size_in_bytes
+
+    plain, checkpointed = temporaries(False), temporaries(True)
+    assert checkpointed < 0.5 * plain, (checkpointed, plain)
+
+
+@pytest.mark.one_backend("jax")
+def test_jax_checkpoint_differentiates_closed_over_values():
+    """A checkpointed function may read a bound weight it is not given (another layer's):
+    its gradient is the plain one (a custom VJP would otherwise leak a tracer)."""
+    from keras_mm.backend.remat import checkpoint
+
+    weight = keras.Variable(np.full((3,), 2.0, "float32"))
+    x = ops.convert_to_tensor(np.array([0.1, 0.5, 1.0], "float32"))
+
+    def loss(remat):
+        def fn(inputs):
+            return ops.sin(inputs * weight.value)
+
+        return ops.sum((checkpoint(fn) if remat else fn)(x) ** 2), None
+
+    plain = value_and_grad(lambda: loss(False), [weight])()
+    checkpointed = value_and_grad(lambda: loss(True), [weight])()
+    assert_same(plain[:1] + tuple(plain[2]), checkpointed[:1] + tuple(checkpointed[2]))

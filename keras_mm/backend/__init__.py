@@ -9,6 +9,6 @@ from keras_mm.backend.autodiff import (  # noqa: F401
     value_and_grad,
     variable_values,
 )
-from keras_mm.backend.graph import graph_assert  # noqa: F401
+from keras_mm.backend.graph import computed_after, graph_assert  # noqa: F401
 from keras_mm.backend.remat import rematerialized  # noqa: F401
 from keras_mm.backend.trainer import IterationTrainer  # noqa: F401

@@ -3,8 +3,9 @@
 `keras.RematScope` takes effect only on layers created inside it, and a distiller calls layers
 that exist already (the teacher's, shared by LoRA students). `rematerialized(layers)` gives
 those layers a checkpointed call for the duration of a `with` block: each keeps only its
-inputs for the backward pass and recomputes its activations there (`keras.remat`:
-`jax.checkpoint`, `tf.recompute_grad`, `torch.utils.checkpoint`).
+inputs for the backward pass and recomputes its activations there (`checkpoint`:
+`tf.recompute_grad` and `torch.utils.checkpoint` through `keras.remat`; on JAX a custom VJP
+that XLA cannot run before the backward pass, unlike `jax.checkpoint`).
 
 The layer's weights are passed to the checkpointed function as explicit inputs, read from the
 enclosing `StatelessScope` (`value_and_grad` binds the differentiated values there, a LoRA
@@ -17,6 +18,7 @@ import contextlib
 import keras
 
 from keras_mm.backend.autodiff import _BACKEND, bound, variable_values
+from keras_mm.backend.graph import computed_after
 
 _DISABLED = []  # a stack: non-empty inside `without_remat()`
 
@@ -43,6 +45,47 @@ def _recording():
     return True
 
 
+def checkpoint(fn):
+    """`fn(*tensors)`, keeping only `tensors` for the backward pass: `keras.remat(fn)`.
+
+    On JAX, `keras.remat` is `jax.checkpoint`, whose recomputations XLA:CPU schedules early,
+    before the backward pass needs them, so that the recomputed activations are all live
+    at once (a LoRA alternating step's compiled temporaries grew by 10%, not shrank). Here
+    the recomputation is a custom VJP whose inputs depend on the incoming cotangent
+    (`computed_after`): it cannot start before the backward pass reaches the layer. Values
+    that `fn` closes over (a weight of another layer, bound by a `StatelessScope`) become
+    explicit inputs (`jax.closure_convert`), so they get their gradients too.
+    """
+    if _BACKEND != "jax":
+        return keras.remat(fn)
+    import jax
+
+    def checkpointed(*tensors):
+        converted, hoisted = jax.closure_convert(fn, *tensors)
+        return _recomputed_in_backward(converted, *tensors, *hoisted)
+
+    return checkpointed
+
+
+if _BACKEND == "jax":
+    import functools
+
+    import jax
+
+    @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+    def _recomputed_in_backward(fn, *tensors):
+        return fn(*tensors)
+
+    def _keep_inputs(fn, *tensors):
+        return fn(*tensors), tensors
+
+    def _recompute(fn, tensors, cotangent):
+        _, pullback = jax.vjp(fn, *computed_after(tensors, cotangent))
+        return pullback(cotangent)
+
+    _recomputed_in_backward.defvjp(_keep_inputs, _recompute)
+
+
 def _checkpointed(layer, call):
     """`call` (the layer's own) with its weights and tensor arguments as checkpoint inputs."""
     variables = [v for v in layer.weights
@@ -65,8 +108,8 @@ def _checkpointed(layer, call):
             with bound(variables, tensors[:count]):
                 return call(*call_args, **call_kwargs)
 
-        return keras.remat(pure)(*variable_values(variables),
-                                 *[leaves[i] for i in positions])
+        return checkpoint(pure)(*variable_values(variables),
+                                *[leaves[i] for i in positions])
 
     return wrapped
 
