@@ -147,16 +147,19 @@ def test_computed_after_gives_the_same_bits_and_depends_on_its_dependencies():
         assert str(jaxpr.invars[1]) in needed
 
 
-def test_the_ordered_alternating_step_trains_as_before(teacher, monkeypatch):
-    """The generator update waits for the auxiliary's (`computed_after`): two compiled fit
-    steps give the same weights and losses as without that dependence."""
+@pytest.mark.parametrize("method", ["alternating", "instant"])
+def test_the_ordered_step_trains_as_before(teacher, monkeypatch, method):
+    """The generator update waits for the auxiliary's update (alternating) or for nu
+    (instant) (`computed_after`): two compiled fit steps give the same weights and losses
+    as without that dependence."""
     images, labels = load_digits()
     results = []
     for ordered in (True, False):
         if not ordered:
             monkeypatch.setattr(distiller_module, "computed_after", lambda t, d: t)
-        distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=2, lora_rank=2,
-                                                     seed=4)
+        distiller = keras_mm.MomentMatchingDistiller(
+            teacher, num_steps=2, lora_rank=2, seed=4, method=method,
+            **({"preconditioner": "identity"} if method == "instant" else {}))
         distiller.compile(learning_rate=1e-2, warmup_steps=0,
                           jit_compile=keras.backend.backend() != "torch")
         history = distiller.fit(images[:32], labels[:32], batch_size=16, epochs=1,

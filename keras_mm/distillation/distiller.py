@@ -472,7 +472,9 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             correction = 1.0 - ops.power(decay, steps)
             nu = [ops.convert_to_tensor(a.value) / correction for a in self.nu_average]
         variables = self.generator.network.trainable_variables
-        draws = self.draw(images[half:], second)
+        # After nu: else XLA may hold the teacher's and the generator's activations at once
+        # (measured 1.38x a teacher step's compiled memory at LoRA r=16, 0.62x after).
+        draws = self.draw(computed_after(images[half:], nu), second)
         loss, objective, grads = value_and_grad(
             lambda: self.instant_loss_and_objective(draws, nu), variables,
             self.non_trainable_variables
