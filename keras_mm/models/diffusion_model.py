@@ -412,9 +412,10 @@ class DiffusionModel(IterationTrainer, keras.Model):
         the teacher's FD at 64 steps was 5.27 (torch, `uvit_digits`, seed 0). Full batches
         gave 2.11 and 2.42 (seeds 0, 1) from `infinite_batches`, 3.76 and 2.01 from Keras's
         own batching of 1,792 examples, and 3.26 and 2.00 with this change, whose last three
-        epochs read 4.57, 3.19, 3.26 and 2.77, 3.61, 2.00: the final iterate's FD varies
-        about 2x with the data order alone, so single runs overstate the gaps between ways
-        of batching (weighting the partial batch by 5/128 instead gave 4.03 and 3.29).
+        epochs read 4.57, 3.19, 3.26 and 2.77, 3.61, 2.00 (the stream's 2.11 read 3.07,
+        3.16, 2.87 one to three epochs later): the final iterate's FD varies about 2x with
+        the data order alone, so single runs overstate the gaps between ways of batching
+        (weighting the partial batch by 5/128 instead gave 4.03 and 3.29).
         """
         if validation_split or validation_data is not None:
             raise ValueError(
