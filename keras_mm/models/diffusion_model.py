@@ -408,14 +408,14 @@ class DiffusionModel(IterationTrainer, keras.Model):
         fresh permutation per pass when `shuffle`, else the stored order): every example is
         seen once per pass, and no step is taken on the partial batch of N mod B that Keras
         feeds at the end of every epoch. Adam normalizes the step, so that batch (5 of the
-        1,797 digits at B = 128) moved the weights as far as a full one: after 2,100 steps
-        the teacher's FD at 64 steps was 5.27 (torch, `uvit_digits`, seed 0). Full batches
-        gave 2.11 and 2.42 (seeds 0, 1) from `infinite_batches`, 3.76 and 2.01 from Keras's
-        own batching of 1,792 examples, and 3.26 and 2.00 with this change, whose last three
-        epochs read 4.57, 3.19, 3.26 and 2.77, 3.61, 2.00 (the stream's 2.11 read 3.07,
-        3.16, 2.87 one to three epochs later): the final iterate's FD varies about 2x with
-        the data order alone, so single runs overstate the gaps between ways of batching
-        (weighting the partial batch by 5/128 instead gave 4.03 and 3.29).
+        1,797 digits at B = 128) moved the weights as far as a full one. FD at 64 steps after
+        2,100 steps (torch, `uvit_digits`, seeds 0 and 1): with that batch 5.27 and 3.94 (at
+        5/128 of the weight, 4.03 and 3.29); full batches from `infinite_batches` 2.11 and
+        2.42, from Keras's own batching of 1,792 examples 3.76 and 2.01, and with this change
+        3.26 and 2.00. The final iterate's FD varies about 2x with the data order alone (this
+        change's last three epochs: 4.57, 3.19, 3.26 and 2.77, 3.61, 2.00; the stream's 2.11
+        read 3.07, 3.16, 2.87 one to three epochs later), so single runs overstate the gaps
+        between ways of batching, and the partial batch is only at the top of that spread.
         """
         if validation_split or validation_data is not None:
             raise ValueError(
