@@ -26,26 +26,9 @@ import time
 os.environ.setdefault("KERAS_BACKEND", "jax")
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.memory import CONFIGURATIONS
+from benchmarks.memory import CONFIGURATIONS, build_model
 
 MB = 1e6
-
-
-def build(configuration, preset):
-    """The teacher or a distiller of `configuration`, compiled (jit) as memory.py builds it."""
-    import keras_mm
-    from keras_mm.models.uvit import UViT
-
-    teacher = keras_mm.DiffusionModel(UViT.from_preset(preset), seed=0)
-    if configuration == "teacher":
-        model = teacher
-    else:
-        options = CONFIGURATIONS[configuration]
-        model = keras_mm.MomentMatchingDistiller(
-            teacher, num_steps=8, seed=0, **options,
-            preconditioner="identity" if options["method"] == "instant" else None)
-    model.compile(jit_compile=True)
-    return model
 
 
 def compiled_memory(model, batch):
@@ -70,7 +53,7 @@ def measure(configuration, preset, batch_size):
     batch = (keras.ops.convert_to_tensor(np.concatenate([images] * repeats)[:batch_size]),
              keras.ops.convert_to_tensor(np.concatenate([labels] * repeats)[:batch_size]))
     start = time.perf_counter()
-    analysis = compiled_memory(build(configuration, preset), batch)
+    analysis = compiled_memory(build_model(configuration, preset, jit_compile=True), batch)
     return {
         "temp": analysis.temp_size_in_bytes,
         "argument": analysis.argument_size_in_bytes,

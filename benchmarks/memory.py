@@ -124,14 +124,29 @@ def step_peak_callback():
     return StepPeak()
 
 
+def build_model(configuration, preset, jit_compile):
+    """The compiled teacher of `preset`, or a distiller of it with `configuration`'s options."""
+    import keras_mm
+    from keras_mm.models.uvit import UViT
+
+    teacher = keras_mm.DiffusionModel(UViT.from_preset(preset), seed=0)
+    if configuration == "teacher":
+        model = teacher
+    else:
+        options = CONFIGURATIONS[configuration]
+        model = keras_mm.MomentMatchingDistiller(
+            teacher, num_steps=8, seed=0, **options,
+            preconditioner="identity" if options["method"] == "instant" else None)
+    model.compile(jit_compile=jit_compile)
+    return model
+
+
 def measure(configuration, preset, batch_size, steps):
     """Run `configuration` in this process; print one JSON line with its numbers."""
     import keras
     import numpy as np
 
-    import keras_mm
     from keras_mm.datasets import load_digits
-    from keras_mm.models.uvit import UViT
 
     images, labels = load_digits()
     repeats = int(np.ceil(batch_size * steps / len(images)))
@@ -142,17 +157,9 @@ def measure(configuration, preset, batch_size, steps):
     if configuration == "baseline":
         keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.ones((batch_size, 8, 8, 1))))
     else:
-        teacher = keras_mm.DiffusionModel(UViT.from_preset(preset), seed=0)
+        model = build_model(configuration, preset, jit)
+        teacher = model if configuration == "teacher" else model.teacher
         result["parameters"] = int(sum(np.prod(v.shape) for v in teacher.parameters))
-        if configuration == "teacher":
-            model = teacher
-            model.compile(jit_compile=jit)
-        else:
-            options = CONFIGURATIONS[configuration]
-            model = keras_mm.MomentMatchingDistiller(
-                teacher, num_steps=8, seed=0, **options,
-                preconditioner="identity" if options["method"] == "instant" else None)
-            model.compile(jit_compile=jit)
         callback = step_peak_callback()
         model.fit(images, labels, batch_size=batch_size, epochs=1, verbose=0,
                   callbacks=[callback])
