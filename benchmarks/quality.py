@@ -61,6 +61,8 @@ def parse_args(argv=None):
     parser.add_argument("--weighting", default="auto", help="students' w(s)")
     parser.add_argument("--teacher-gradient-ema", type=float, default=None,
                         help="instant students' average of nu (default: the library's)")
+    parser.add_argument("--subtract-data-gradient", type=int, default=None,
+                        help="instant students: 1/0 (default: the library's)")
     parser.add_argument("--num-samples", type=int, default=1000,
                         help="samples per evaluated row")
     parser.add_argument("--methods", nargs="+", default=["alternating", "instant"])
@@ -124,6 +126,8 @@ def distill(teacher, method, num_steps, lora_rank, images, labels, features, arg
     options = {"weighting": args.weighting, "lora_rank": lora_rank}
     if args.teacher_gradient_ema is not None:
         options["teacher_gradient_ema"] = args.teacher_gradient_ema
+    if args.subtract_data_gradient is not None and method == "instant":
+        options["subtract_data_gradient"] = bool(args.subtract_data_gradient)
     distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=num_steps, method=method,
                                                  seed=args.seed, **options)
     distiller.compile(learning_rate=args.learning_rate, warmup_steps=args.warmup_steps)
