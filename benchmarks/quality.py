@@ -160,8 +160,12 @@ def header(args, backend):
     """The table's caption: data, teacher, the students' hyperparameters."""
     import keras_mm
 
+    from keras_mm.distillation.optimizers import DEFAULT_LEARNING_RATE
+
     lr = (f"lr {args.learning_rate}" if args.learning_rate is not None
-          else "lr 1e-4 alternating / 1e-3 instant (defaults)")
+          else f"lr {DEFAULT_LEARNING_RATE:g} (default)")
+    subtract = ("" if args.subtract_data_gradient is None else
+                f", subtract_data_gradient={bool(args.subtract_data_gradient)}")
     ema = (args.teacher_gradient_ema if args.teacher_gradient_ema is not None else "0.99 "
            "(default)")
     teacher = ("variance preserving, x-prediction" if args.schedule == "vp" else
@@ -171,7 +175,7 @@ def header(args, backend):
             f"teacher {args.teacher_epochs} epochs of full batches of {args.batch_size}; "
             f"students {args.distill_steps} steps each at batch {args.batch_size} (weighting "
             f"{args.weighting}, {lr}, warmup {args.warmup_steps} then linear decay to 0, "
-            f"instant: average of nu {ema}), best-FD checkpoint of every {args.eval_every} "
+            f"instant: average of nu {ema}{subtract}), best-FD checkpoint of every {args.eval_every} "
             f"steps; {args.num_samples} samples per row, seed 99.")
 
 
