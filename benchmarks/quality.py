@@ -159,7 +159,6 @@ def student_specs(args):
 def header(args, backend):
     """The table's caption: data, teacher, the students' hyperparameters."""
     import keras_mm
-
     from keras_mm.distillation.optimizers import DEFAULT_LEARNING_RATE
 
     lr = (f"lr {args.learning_rate}" if args.learning_rate is not None
@@ -175,8 +174,8 @@ def header(args, backend):
             f"teacher {args.teacher_epochs} epochs of full batches of {args.batch_size}; "
             f"students {args.distill_steps} steps each at batch {args.batch_size} (weighting "
             f"{args.weighting}, {lr}, warmup {args.warmup_steps} then linear decay to 0, "
-            f"instant: average of nu {ema}{subtract}), best-FD checkpoint of every {args.eval_every} "
-            f"steps; {args.num_samples} samples per row, seed 99.")
+            f"instant: average of nu {ema}{subtract}), best-FD checkpoint of every "
+            f"{args.eval_every} steps; {args.num_samples} samples per row, seed 99.")
 
 
 def write_table(rows, args, backend, out):
