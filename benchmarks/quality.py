@@ -65,7 +65,8 @@ def parse_args(argv=None):
                         help="instant students: 1/0 (default: the library's)")
     parser.add_argument("--num-samples", type=int, default=1000,
                         help="samples per evaluated row")
-    parser.add_argument("--methods", nargs="+", default=["alternating", "instant"])
+    parser.add_argument("--methods", nargs="*", default=["alternating", "instant"],
+                        help="full students' methods (none: teacher and LoRA rows only)")
     parser.add_argument("--student-steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--lora-rank", type=int, default=None,
                         help="also distill LoRA students with deltas of this rank")
