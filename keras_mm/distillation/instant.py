@@ -83,6 +83,7 @@ class InstantMethod:
         `subtract_data_gradient`), up to the drift of the generator over the average's
         horizon. Zero on the first iteration, which has no nu_prev."""
         decay = self.teacher_gradient_ema
+        gradient = [ops.cast(g, "float32") for g in gradient]  # of a bfloat16 teacher too
         done = ops.cast(self.optimizer.iterations, "float32")
         previous = 1.0 - ops.power(decay, done)  # 0 before the first iteration
         inner = sum(ops.sum(a.value * g) for a, g in zip(self.nu_average, gradient))
