@@ -2,11 +2,11 @@
 
 Distills an 8-step student from a digits teacher twice, with the alternating method (its
 `moment_gap` in `History`) and the instant method (its `instant_objective`), both with their
-defaults but the learning rate and warmup (`--learning-rate`, `--warmup-steps`; the demo's),
+defaults but the warmup (`--warmup-steps`; `--learning-rate` overrides the default 1e-4),
 and measures each student's Fréchet distance (`DigitsFeatures`, 500 samples, fixed seed)
 every `--eval-every` steps, as `make demo` does. Writes every logged value to `--csv`
 (method, step, metric, value: the metrics are means over the `--log-every` steps before
-`step`) and draws three panels to `--out`: the moment gap, the eq. 9 estimate and both
+`step`) and draws three panels to `--out`: the moment gap, the eq. 10 estimate and both
 students' FD over the steps, beside the teacher's FD at `--teacher-steps`. No plotting
 library: the SVG is written by hand (a few KB).
 
@@ -34,7 +34,8 @@ def parse_args(argv=None):
     parser.add_argument("--steps", type=int, default=1000, help="fit steps per student")
     parser.add_argument("--log-every", type=int, default=20, help="steps per logged mean")
     parser.add_argument("--eval-every", type=int, default=100, help="steps between FDs")
-    parser.add_argument("--learning-rate", type=float, default=3e-4)
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate (default: the library's)")
     parser.add_argument("--warmup-steps", type=int, default=100)
     parser.add_argument("--out", default="docs/training_signals.svg")
     parser.add_argument("--csv", default="curves.csv", help="the logged values")

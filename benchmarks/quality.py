@@ -61,9 +61,12 @@ def parse_args(argv=None):
     parser.add_argument("--weighting", default="auto", help="students' w(s)")
     parser.add_argument("--teacher-gradient-ema", type=float, default=None,
                         help="instant students' average of nu (default: the library's)")
+    parser.add_argument("--subtract-data-gradient", type=int, default=None,
+                        help="instant students: 1/0 (default: the library's)")
     parser.add_argument("--num-samples", type=int, default=1000,
                         help="samples per evaluated row")
-    parser.add_argument("--methods", nargs="+", default=["alternating", "instant"])
+    parser.add_argument("--methods", nargs="*", default=["alternating", "instant"],
+                        help="full students' methods (none: teacher and LoRA rows only)")
     parser.add_argument("--student-steps", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--lora-rank", type=int, default=None,
                         help="also distill LoRA students with deltas of this rank")
@@ -124,6 +127,8 @@ def distill(teacher, method, num_steps, lora_rank, images, labels, features, arg
     options = {"weighting": args.weighting, "lora_rank": lora_rank}
     if args.teacher_gradient_ema is not None:
         options["teacher_gradient_ema"] = args.teacher_gradient_ema
+    if args.subtract_data_gradient is not None and method == "instant":
+        options["subtract_data_gradient"] = bool(args.subtract_data_gradient)
     distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=num_steps, method=method,
                                                  seed=args.seed, **options)
     distiller.compile(learning_rate=args.learning_rate, warmup_steps=args.warmup_steps)
@@ -155,9 +160,12 @@ def student_specs(args):
 def header(args, backend):
     """The table's caption: data, teacher, the students' hyperparameters."""
     import keras_mm
+    from keras_mm.distillation.optimizers import DEFAULT_LEARNING_RATE
 
     lr = (f"lr {args.learning_rate}" if args.learning_rate is not None
-          else "lr 1e-4 alternating / 1e-3 instant (defaults)")
+          else f"lr {DEFAULT_LEARNING_RATE:g} (default)")
+    subtract = ("" if args.subtract_data_gradient is None else
+                f", subtract_data_gradient={bool(args.subtract_data_gradient)}")
     ema = (args.teacher_gradient_ema if args.teacher_gradient_ema is not None else "0.99 "
            "(default)")
     teacher = ("variance preserving, x-prediction" if args.schedule == "vp" else
@@ -167,8 +175,8 @@ def header(args, backend):
             f"teacher {args.teacher_epochs} epochs of full batches of {args.batch_size}; "
             f"students {args.distill_steps} steps each at batch {args.batch_size} (weighting "
             f"{args.weighting}, {lr}, warmup {args.warmup_steps} then linear decay to 0, "
-            f"instant: average of nu {ema}), best-FD checkpoint of every {args.eval_every} "
-            f"steps; {args.num_samples} samples per row, seed 99.")
+            f"instant: average of nu {ema}{subtract}), best-FD checkpoint of every "
+            f"{args.eval_every} steps; {args.num_samples} samples per row, seed 99.")
 
 
 def write_table(rows, args, backend, out):

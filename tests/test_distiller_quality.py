@@ -49,10 +49,10 @@ def distance(model, num_steps, reference):
     ("alternating", 2, 0.7, 16), ("instant", 2, 0.7, 16)])
 def test_student_beats_the_teacher_with_the_same_steps(toy, method, num_steps, margin,
                                                        lora_rank):
-    """The instant student runs with its defaults (flat w(s), a bias-corrected 0.99 average
-    of nu, learning rate 1e-3, decay to zero at the end of fit); only the warmup is cut to
-    fit the 300 steps. The alternating students take flat w(s) and learning rate 1e-3 (their
-    default 1e-4 is too slow for 300 steps). LoRA students (`lora_rank`) train rank-16
+    """The instant student runs with its defaults (flat w(s), nu of eq. 10 with a
+    bias-corrected 0.99 moving average, learning rate 1e-4, decay to zero at the end of fit);
+    only the warmup is cut to fit the 300 steps. The alternating students take flat w(s)
+    and learning rate 1e-3 (the default 1e-4 is too slow for them in 300 steps). LoRA students (`lora_rank`) train rank-16
     deltas on the teacher's one copy of theta, with the same settings."""
     teacher, data, reference = toy
     alternating = method == "alternating"

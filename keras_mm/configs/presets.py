@@ -20,6 +20,7 @@ PAPER_DISTILL = {
     "teacher_guidance_scale": 0.0,
     "clip_teacher": False,
     "teacher_gradient_ema": 0.99,
+    "subtract_data_gradient": True,
     "preconditioner_steps": 0,
     "batch_size": 2048,
     "steps": 200_000,

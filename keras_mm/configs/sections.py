@@ -242,6 +242,9 @@ class DistillConfig(Section):
     teacher_gradient_ema: float = option(0.99, "bias-corrected moving average of nu across "
                                          "instant iterations (0: none, as in the paper)",
                                          minimum=0.0)
+    subtract_data_gradient: bool = option(True, "instant method: nu from the teacher's "
+                                          "gradient on the generator's samples less that on "
+                                          "the data (eq. 10); false: eq. 9's, as Algorithm 3")
     preconditioner_steps: int = option(0, "instant method: estimate Lambda from this many "
                                        "batches instead of the teacher's Adam state (0: use "
                                        "the Adam state)", minimum=0)
@@ -249,8 +252,8 @@ class DistillConfig(Section):
     steps: int = option(200_000, "distillation steps (one step = one auxiliary + one "
                         "generator update for the alternating method)", minimum=1)
     learning_rate: float | None = option(
-        None, "peak learning rate (null: 1e-4 alternating, 1e-3 instant; the paper does not "
-        "give it)", minimum=0.0)
+        None, "peak learning rate (null: 1e-4, MomentMatchingDistiller.compile's default; the "
+        "paper does not give it)", minimum=0.0)
     warmup_steps: int = option(1000, "linear learning-rate warmup", minimum=0)
     decay_to_zero: bool = option(True, "then decay the learning rate linearly to 0 at "
                                  "distill.steps")

@@ -7,7 +7,6 @@ from keras import ops
 from keras_mm.backend import (
     IterationTrainer,
     computed_after,
-    jvp,
     rematerialized,
     stopped,
     value_and_grad,
@@ -16,8 +15,10 @@ from keras_mm.backend import (
 from keras_mm.checks import check_guidance_scale, check_preconditioner
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
+from keras_mm.distillation.instant import InstantMethod, per_example_inner
 from keras_mm.distillation.lora import LoRANetwork
 from keras_mm.distillation.optimizers import (  # noqa: F401 - their old import path
+    DEFAULT_LEARNING_RATE,
     AdamWithoutMomentum,
     DecayToEndOfFit,
     WarmupLinearDecay,
@@ -70,7 +71,7 @@ class GeneratorOptimizerMap(keras.optimizers.OptimizerMap):
 
 
 @keras.saving.register_keras_serializable(package="keras_mm")
-class MomentMatchingDistiller(IterationTrainer, keras.Model):
+class MomentMatchingDistiller(InstantMethod, IterationTrainer, keras.Model):
     """Distill a diffusion teacher into a `num_steps`-step sampler by moment matching.
 
     The generator g_eta starts as a copy of the teacher g_theta and is trained so that, run
@@ -83,16 +84,19 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
     the paper), both on the step's batch with independent time and noise draws.
 
     `method="instant"` (Algorithm 3) splits each batch into two halves: on the first,
-    nu = Lambda grad_theta w(s') ||x~' - g_theta(z'_s)||^2; on the second, the generator
+    nu = Lambda grad_theta [w(s') ||x~' - g_theta(z'_s)||^2 - w(s') ||x' - g_theta(z''_s)||^2],
+    the teacher's loss gradient on the generator's samples less that on the data x' that
+    made them (eq. 10's difference; `subtract_data_gradient`); on the second, the generator
     minimises -w(s) x~^T sg{J_theta g_theta(z_s) nu}. The minus sign (dropped in the paper's
-    eq. 8) makes this descend eq. 9, (1/2)||E grad_theta L_theta(x~, sg z_s)||^2_Lambda.
-    One `fit` step is one iteration.
+    eq. 8) makes this descend eq. 10, (1/2)||E grad L_theta(x~, sg z_s) - E grad
+    L_theta(x, z_s)||^2_Lambda. One `fit` step is one iteration.
 
     What to watch in `History` (§5.4): the instant method logs `instant_objective`, an
-    unbiased estimate of eq. 9 from the two half-batches, (1/2) nu^T grad_theta L_theta on
-    the second half = -w(s) (x~ - g_theta(z_s))^T J_theta nu: it is >= 0 in expectation and
-    falls toward zero as the generator's samples reach the teacher's moments (with
-    `teacher_gradient_ema`, nu is the average, and the estimate is (1/2) nu_avg^T grad L).
+    estimate of eq. 10, (1/2) nu_prev^T (grad L_theta(x~') - grad L_theta(x')) with nu_prev
+    the moving average of nu before the iteration (independent of its batch): it is >= 0 in
+    expectation and falls toward zero as the generator's samples reach the data's moments
+    in the teacher's eyes.
+
     The alternating method logs `moment_gap`, the RMS of g_phi(z_s) - g_theta(z_s): how far
     the auxiliary model, fitted to the generator's samples, is from the teacher. Both are
     noisy per batch; their trend, not the value of one step, says how far training has come.
@@ -121,16 +125,19 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
             (e.g. from `keras_mm.estimate_preconditioner`), or "identity".
         teacher_gradient_ema: decay of an exponential moving average of nu across
             iterations (instant method; 0 disables it, as in the paper), bias-corrected as
-            Adam's moments are. Measured on the 2-D mixture of
-            tests/test_distiller_quality.py (torch, 300 steps, 2-step students, MMD relative
-            to the teacher's 2-step sampler; single runs, which vary by about 0.1 with the
-            data order): 0.99 gave 0.50x and 0.67x in two data orders, 0 gave 0.53x, 0.99
-            without the bias correction 0.67x, 0.9 gave 0.63x (the alternating student:
-            0.42x and 0.40x); in the test on jax and tensorflow, 0.99 gave 0.46x and 0.35x
-            (alternating 0.27x and 0.23x). The default 0.99 made the instant method tie the alternating
-            one on digits in an independent reference run (DESIGN.md), and here makes
-            `instant_objective` fall steadily (0.44 -> 0.03) where without it the
-            estimate is noisier.
+            Adam's moments are. On the 2-D mixture of tests/test_distiller_quality.py (torch,
+            300 steps, 2-step students, MMD relative to the teacher's 2-step sampler, eq. 9's
+            nu), 0.99 gave 0.50x and 0.67x in two data orders, 0 gave 0.53x, 0.9 gave 0.63x.
+        subtract_data_gradient: instant method: subtract the teacher's loss gradient on the
+            data from nu (eq. 10) rather than assume it is zero (eq. 9, Algorithm 3 as
+            written). It is not zero for a teacher trained with another weighting or p(s)
+            than nu's, or short of convergence: measured on the digits teacher of
+            benchmarks/quality.py, (1/2)||E grad L_theta(x)||^2_Lambda = 7.5 against 8.5 for
+            the first generator's samples, so eq. 9 pulls the generator toward samples
+            where the teacher's gradient vanishes, not toward the data. Digits, 4-step
+            students, 1,000 steps (JAX, FD): 3.64 with it against 5.45 without (learning
+            rate 1e-4), 4.68 against 8.95 at 1e-3. It costs the teacher's forward and
+            backward pass on the data half too (one call on both).
         seed: seed of the distiller's random draws.
         lora_rank: None (the generator and auxiliary are full copies of the teacher), or
             the rank r of low-rank deltas: then they are the teacher's own weights plus
@@ -181,6 +188,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         clip_teacher=False,
         preconditioner=None,
         teacher_gradient_ema=0.99,
+        subtract_data_gradient=True,
         seed=None,
         lora_rank=None,
         lora_targets=None,
@@ -210,6 +218,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
                                                            "teacher_guidance_scale")
         self.clip_teacher = bool(clip_teacher)
         self.teacher_gradient_ema = float(teacher_gradient_ema)
+        self.subtract_data_gradient = bool(subtract_data_gradient)
         self.seed = seed
         self.remat = bool(remat)
 
@@ -232,12 +241,11 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.nu_average = None
         if method == "instant":
             self.preconditioner = self._make_preconditioner(teacher, preconditioner)
-            if self.teacher_gradient_ema:
-                self.nu_average = [
-                    self.add_weight(shape=v.shape, initializer="zeros", trainable=False,
-                                    name="nu_average")
-                    for v in teacher.parameters
-                ]
+            self.nu_average = [  # with teacher_gradient_ema=0: the last iteration's nu
+                self.add_weight(shape=v.shape, initializer="zeros", trainable=False,
+                                name="nu_average")
+                for v in teacher.parameters
+            ]
         teacher.trainable = False
         self.teacher = teacher
         self.seed_generator = keras.random.SeedGenerator(seed)
@@ -325,7 +333,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         noisy_t = process.diffuse(images, process.broadcast_to_data(logsnr_t, images), noise_t,
                                   self.teacher.family)
         return {"logsnr_s": logsnr_s, "logsnr_t": logsnr_t, "noisy_t": noisy_t,
-                "noise_s": noise_s, "condition": condition}
+                "noise_s": noise_s, "condition": condition, "images": images}
 
     def sample_z_s(self, draws, x_generated):
         """z_s ~ q(z_s | z_t, x~) (eq. 1-2), or q(z_s | x~) without conditional sampling."""
@@ -368,44 +376,6 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         loss = ops.mean(weight * per_example_inner(x_generated, difference))
         gap = ops.sqrt(ops.mean(per_example_mean_square(difference)))
         return loss, gap
-
-    # ------------------------------------------------------------------ Algorithm 3
-    def teacher_gradient(self, draws):
-        """nu = Lambda grad_theta mean w(s') ||x~' - g_theta(z'_s)||^2 (x~', z'_s fixed)."""
-        x_generated, noisy_s = stopped(self.generate, draws)
-
-        def teacher_loss():
-            x_teacher = self.teacher_prediction(noisy_s, draws["logsnr_s"], draws["condition"])
-            weight = self.loss_weight(draws["logsnr_s"])
-            return ops.mean(weight * per_example_mean_square(x_generated - x_teacher)), None
-
-        _, _, grads = value_and_grad(teacher_loss, self.teacher.parameters)()
-        return [lam * g for lam, g in zip(self.preconditioner, grads)]
-
-    def instant_loss(self, draws, nu):
-        """L_instant(eta) = -w(s) x~^T sg{J_theta g_theta(z_s) nu}, per pixel."""
-        return self.instant_loss_and_objective(draws, nu)[0]
-
-    def instant_loss_and_objective(self, draws, nu):
-        """`(L_instant(eta), objective)`; objective = -w(s) (x~ - g_theta(z_s))^T J_theta nu
-        per pixel, which is (1/2) nu^T grad_theta L_theta(x~, sg z_s) on this half-batch: with
-        nu from the other half, an unbiased estimate of eq. 9 (a constant, no gradient)."""
-        x_generated, noisy_s = self.generate(draws)
-
-        def teacher_output():
-            return self.teacher.denoise(noisy_s, draws["logsnr_s"], draws["condition"])
-
-        # Nothing is differentiated through the teacher's side (x-hat and J nu are sg{}).
-        x_teacher, jacobian_nu = stopped(jvp, teacher_output, self.teacher.parameters, nu)
-        if self.teacher_guidance_scale or self.clip_teacher:  # nu's loss used this x-hat
-            x_teacher = stopped(self.teacher_prediction, noisy_s, draws["logsnr_s"],
-                                draws["condition"])
-        weight = self.generator_weight(draws["logsnr_s"], x_generated, x_teacher)
-        loss = -ops.mean(weight * per_example_inner(x_generated, jacobian_nu))
-        residual = ops.stop_gradient(x_generated) - x_teacher
-        objective = -ops.mean(self.loss_weight(draws["logsnr_s"])
-                              * per_example_inner(residual, jacobian_nu))
-        return loss, objective
 
     # ------------------------------------------------------------------ the train step
     def check_batch(self, data):
@@ -457,32 +427,6 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         self.generator_loss_tracker.update_state(loss)
         self.moment_gap_tracker.update_state(gap)
 
-    def instant_update(self, images, condition):
-        """One iteration of Algorithm 3: nu from the first half-batch, a step on the second."""
-        half = ops.shape(images)[0] // 2
-        first = {k: v[:half] for k, v in condition.items()}
-        second = {k: v[half:] for k, v in condition.items()}
-        nu = self.teacher_gradient(self.draw(images[:half], first))
-        if self.nu_average is not None:
-            decay = self.teacher_gradient_ema
-            for average, value in zip(self.nu_average, nu):
-                average.assign(decay * average + (1.0 - decay) * value)
-            # As Adam's moments: the average starts at zero, so divide by 1 - decay^n.
-            steps = ops.cast(self.optimizer.iterations + 1, "float32")
-            correction = 1.0 - ops.power(decay, steps)
-            nu = [ops.convert_to_tensor(a.value) / correction for a in self.nu_average]
-        variables = self.generator.network.trainable_variables
-        # After nu: else XLA may hold the teacher's and the generator's activations at once
-        # (measured 1.38x a teacher step's compiled memory at LoRA r=16, 0.62x after).
-        draws = self.draw(computed_after(images[half:], nu), second)
-        loss, objective, grads = value_and_grad(
-            lambda: self.instant_loss_and_objective(draws, nu), variables,
-            self.non_trainable_variables
-        )()
-        self.optimizer.optimizers[0].apply(grads, variables)
-        self.instant_loss_tracker.update_state(loss)
-        self.instant_objective_tracker.update_state(objective)
-
     @property
     def metrics(self):
         if self.method == "alternating":
@@ -505,8 +449,8 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         Args:
             generator_optimizer: optimizer of g_eta; default `paper_adam(learning_rate, ...)`.
             auxiliary_optimizer: optimizer of g_phi (alternating); same default.
-            learning_rate: peak learning rate of the defaults (1e-4 alternating, 1e-3
-                instant; the instant loss's scale is set by Lambda).
+            learning_rate: peak learning rate of the defaults (1e-4, both methods; see
+                `keras_mm.distillation.optimizers.DEFAULT_LEARNING_RATE`).
             warmup_steps: linear warmup of the defaults (1000 in the paper).
             total_steps: the defaults' linear decay reaches zero at this step. "fit" (the
                 default): at the end of each `fit` call, from its epochs x steps per epoch
@@ -514,7 +458,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
                 rate after the warmup.
         """
         if learning_rate is None:
-            learning_rate = 1e-4 if self.method == "alternating" else 1e-3
+            learning_rate = DEFAULT_LEARNING_RATE
         self._compile_args = {"learning_rate": learning_rate, "warmup_steps": warmup_steps,
                               "total_steps": total_steps}
         generator_optimizer = generator_optimizer or paper_adam(
@@ -581,6 +525,7 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
                 "clip_teacher": self.clip_teacher,
                 "preconditioner": "saved" if self.method == "instant" else None,
                 "teacher_gradient_ema": self.teacher_gradient_ema,
+                "subtract_data_gradient": self.subtract_data_gradient,
                 "seed": self.seed,
                 "remat": self.remat,
             }
@@ -599,8 +544,3 @@ class MomentMatchingDistiller(IterationTrainer, keras.Model):
         config = dict(config)
         config["teacher"] = keras.saving.deserialize_keras_object(config["teacher"])
         return cls(**config)
-
-
-def per_example_inner(a, b):
-    """<a, b> / dim per example (the per-pixel mean of a * b)."""
-    return ops.mean(a * b, axis=tuple(range(1, len(a.shape))))

@@ -172,6 +172,12 @@ def fit_schedules(optimizers):
             if isinstance(schedule, WarmupLinearDecay) and schedule.total_steps == "fit"]
 
 
+# The peak learning rate of both methods' default optimizers (the paper does not give one).
+# Measured for the instant method on digits (benchmarks/README.md, 4-step students, 1,000
+# steps): FD 5.45 at 1e-4, 6.96 at 3e-4, 8.95 at 1e-3 (its former default).
+DEFAULT_LEARNING_RATE = 1e-4
+
+
 def paper_adam(learning_rate, warmup_steps=1000, total_steps="fit"):
     """Adam as in Appendix B: beta1 = 0, beta2 = 0.99, eps = 1e-12, warmup then linear decay
     to 0 at `total_steps` (see `WarmupLinearDecay`; "fit": at the end of each `fit`),

@@ -12,6 +12,7 @@ import zipfile
 import keras
 
 from keras_mm.configs import ConfigError
+from keras_mm.distillation.optimizers import DEFAULT_LEARNING_RATE
 from keras_mm.training.captions import check_text_dim
 
 
@@ -58,7 +59,7 @@ def distill_learning_rate(config):
     distill = config["distill"]
     if distill["learning_rate"] is not None:
         return distill["learning_rate"]
-    return 1e-4 if distill["method"] == "alternating" else 1e-3
+    return DEFAULT_LEARNING_RATE
 
 
 def distill_optimizer(config):
@@ -106,6 +107,7 @@ def build_distiller(config, teacher, preconditioner_data=None):
             clip_teacher=distill["clip_teacher"],
             preconditioner=preconditioner,
             teacher_gradient_ema=distill["teacher_gradient_ema"],
+            subtract_data_gradient=distill["subtract_data_gradient"],
             seed=distill["seed"],
         )
         distiller.compile(generator_optimizer=distill_optimizer(config),
