@@ -45,9 +45,7 @@ def tiny(monkeypatch):
         fit = model.fit
 
         def one_step(self, *args, _fit=fit, **kwargs):
-            if "steps_per_epoch" in kwargs:
-                kwargs["steps_per_epoch"] = 1
-            kwargs.update(epochs=1, verbose=0)
+            kwargs.update(steps_per_epoch=1, epochs=1, verbose=0)
             return _fit(self, *args, **kwargs)
 
         monkeypatch.setattr(model, "fit", one_step)
