@@ -1,10 +1,11 @@
 """`make demo`: teacher -> 8-step moment-matching student on the bundled digits, with a table.
 
 Trains a class-conditional UViT teacher on scikit-learn's 8x8 digits, distills an 8-step
-student with the alternating method (Algorithm 2), then measures the Fréchet distance on the
+student (the instant method, Algorithm 3, by default: `--method alternating` for Algorithm 2),
+with the library's defaults but a 100-step warmup, then measures the Fréchet distance on the
 shipped `DigitsFeatures`, class accuracy, precision and recall of the teacher's ancestral
 sampler at 8, 64 and 256 steps and of the student at 8 steps, and writes
-`<out>/results.md` and a PNG grid per row.
+`<out>/results.md` (with the student's FD every `--eval-every` steps) and a PNG grid per row.
 
 Run: `KERAS_BACKEND=tensorflow python -m keras_mm.demo --out runs/demo` (what `make demo`
 does). Training runs on full batches (`keras_mm.datasets.infinite_batches`), counted in steps.
@@ -28,10 +29,14 @@ def parse_args(argv=None):
     parser.add_argument("--out", default="runs/demo", help="output folder")
     parser.add_argument("--teacher-epochs", type=int, default=150,
                         help="teacher epochs of 14 full batches of 128 digits")
+    parser.add_argument("--method", choices=["instant", "alternating"], default="instant",
+                        help="distillation algorithm (instant: Algorithm 3; alternating: 2)")
     parser.add_argument("--distill-steps", type=int, default=1000,
-                        help="distiller fit steps (each = 1 auxiliary + 1 generator update)")
-    parser.add_argument("--learning-rate", type=float, default=3e-4,
-                        help="peak learning rate of the distiller's Adam")
+                        help="distiller fit steps (alternating: 1 auxiliary + 1 generator "
+                             "update each)")
+    parser.add_argument("--learning-rate", type=float, default=None,
+                        help="peak learning rate of the distiller's Adam (default: the "
+                             "library's)")
     parser.add_argument("--num-samples", type=int, default=1000,
                         help="samples per evaluated sampler")
     parser.add_argument("--eval-every", type=int, default=100,
@@ -46,7 +51,8 @@ def demo_config(args, steps_per_epoch):
         f"teacher.steps={args.teacher_epochs * steps_per_epoch}",
         f"teacher.seed={args.seed}",
         f"distill.steps={args.distill_steps}",
-        f"distill.learning_rate={args.learning_rate}",
+        f"distill.method={args.method}",
+        f"distill.learning_rate={'null' if args.learning_rate is None else args.learning_rate}",
         f"distill.warmup_steps={min(100, args.distill_steps // 10)}",
         f"distill.seed={args.seed}",
     ])
@@ -71,7 +77,7 @@ def main(argv=None):
                 steps_per_epoch=steps_per_epoch, epochs=args.teacher_epochs, verbose=2)
     teacher_minutes = (time.time() - start) / 60
 
-    print(f"[2/3] Distilling an 8-step student (alternating, {args.distill_steps} steps)")
+    print(f"[2/3] Distilling an 8-step student ({args.method}, {args.distill_steps} steps)")
     distiller = training.build_distiller(config, teacher)
     best_path = os.path.join(args.out, "student_best.weights.h5")
     fid = FIDCallback(reference_data=images, num_samples=500, every_n_steps=args.eval_every,
@@ -89,7 +95,7 @@ def main(argv=None):
     print("[3/3] Evaluating")
     rows = []
     for name, model, steps in (("teacher", teacher, 8), ("teacher", teacher, 64),
-                               ("teacher", teacher, 256), ("student (alternating)", distiller, 8)):
+                               ("teacher", teacher, 256), (f"student ({args.method})", distiller, 8)):
         samples, result = metrics.sample_and_score(model, eval_labels, steps, images, features,
                                                    seed=99)
         grid = os.path.join(args.out, f"{name.split()[0]}_{steps}_steps.png")
@@ -109,6 +115,8 @@ def main(argv=None):
     for name, steps, r, grid in rows:
         table.append(f"| {name} | {steps} | {r['fd']:.3f} | {r['accuracy']:.3f} | "
                      f"{r['precision']:.3f} | {r['recall']:.3f} | {r['seconds']:.1f} | {grid} |")
+    curve = ", ".join(f"{e['step']}: {e['fid']:.2f}" for e in fid.evaluations)
+    table += ["", f"The student's FD during distillation (500 samples, step: FD): {curve}."]
     text = "\n".join(table) + "\n"
     with open(os.path.join(args.out, "results.md"), "w") as f:
         f.write(text)
