@@ -13,11 +13,12 @@ labels and a fixed seed. Students are sampled with Algorithm 1 (ancestral), the 
 are trained for. The table is rewritten to `--out`/results.md after every row.
 
 Students use the library's defaults (`MomentMatchingDistiller(teacher, num_steps=k,
-method=m)` and `compile()`: weighting "auto", a bias-corrected 0.99 average of nu for the
-instant method, the paper's Adam with learning rate 1e-4 alternating / 1e-3 instant, decaying
+method=m)` and `compile()`: weighting "auto", for the instant method nu of eq. 10 with a
+bias-corrected 0.99 moving average, the paper's Adam at learning rate 1e-4, decaying
 linearly to zero at the end of `fit`) except the warmup: a tenth of `--distill-steps` (the
 default 1,000 warmup steps would be the whole run). `--learning-rate`, `--weighting`,
-`--teacher-gradient-ema` and `--warmup-steps` override them for every student of the run.
+`--teacher-gradient-ema`, `--subtract-data-gradient` and `--warmup-steps` override them for
+every student of the run.
 
 The VP table (teacher rows at 4, 8, 64, 256 steps; students at k = 4, 8; LoRA r = 16 at
 k = 8) takes about 25 minutes on an idle 2-core CPU with the torch backend and
@@ -54,8 +55,7 @@ def parse_args(argv=None):
     parser.add_argument("--eval-every", type=int, default=250,
                         help="distillation steps between FD evaluations (best kept)")
     parser.add_argument("--learning-rate", type=float, default=None,
-                        help="peak learning rate of every student (default: the library's, "
-                        "1e-4 alternating, 1e-3 instant)")
+                        help="peak learning rate of every student (default: the library's)")
     parser.add_argument("--warmup-steps", type=int, default=None,
                         help="students' warmup (default: a tenth of --distill-steps)")
     parser.add_argument("--weighting", default="auto", help="students' w(s)")
