@@ -101,7 +101,8 @@ class InstantMethod:
         nu, objective = self.nu_step(self.teacher_loss_gradient(self.draw(images[:half], first)))
         variables = self.generator.network.trainable_variables
         # After nu: else XLA may hold the teacher's and the generator's activations at once
-        # (measured 1.38x a teacher step's compiled memory at LoRA r=16, 0.62x after).
+        # (measured 1.38x a teacher step's compiled memory at LoRA r=16; 0.97x after, with
+        # eq. 10's nu on both the samples and the data).
         draws = self.draw(computed_after(images[half:], nu), second)
         loss, _, grads = value_and_grad(
             lambda: (self.instant_loss(draws, nu), None), variables,
