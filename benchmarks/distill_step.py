@@ -91,7 +91,9 @@ def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False, p
     frozen_teacher = new_teacher()
     for name, part, method, lora_rank in parts:
         distiller = single_update_distiller(frozen_teacher, part, method, lora_rank)
-        distiller.compile(jit_compile=jit_compile)
+        # A constant rate after the warmup: with total_steps="fit" each timed fit would
+        # move the decay's end and rebuild (recompile) the train function.
+        distiller.compile(jit_compile=jit_compile, total_steps=None)
         runs[name] = fit_runner(distiller, images, labels, batch_size)
     if pipelines:
         runs.update(pipeline_runs(timed_teacher, images, labels, batch_size, steps))
