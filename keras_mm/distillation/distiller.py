@@ -15,7 +15,7 @@ from keras_mm.backend import (
 from keras_mm.checks import check_guidance_scale, check_preconditioner
 from keras_mm.diffusion import process, time_sampling
 from keras_mm.diffusion.samplers import check_num_steps
-from keras_mm.distillation.instant import InstantMethod, per_example_inner
+from keras_mm.distillation.instant import InstantMethod
 from keras_mm.distillation.lora import LoRANetwork
 from keras_mm.distillation.optimizers import (  # noqa: F401 - their old import path
     DEFAULT_LEARNING_RATE,
@@ -26,7 +26,11 @@ from keras_mm.distillation.optimizers import (  # noqa: F401 - their old import 
     paper_adam,
 )
 from keras_mm.distillation.preconditioner import preconditioner_from_adam
-from keras_mm.models.diffusion_model import DiffusionModel, per_example_mean_square
+from keras_mm.models.diffusion_model import (
+    DiffusionModel,
+    per_example_inner,
+    per_example_mean_square,
+)
 
 METHODS = ("alternating", "instant")
 WEIGHTINGS = ("auto", "edm", "flat", "dmd")

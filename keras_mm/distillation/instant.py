@@ -9,12 +9,7 @@ from keras import ops
 
 from keras_mm.backend import computed_after, jvp, stopped, value_and_grad
 from keras_mm.diffusion import process
-from keras_mm.models.diffusion_model import per_example_mean_square
-
-
-def per_example_inner(a, b):
-    """<a, b> / dim per example (the per-pixel mean of a * b)."""
-    return ops.mean(a * b, axis=tuple(range(1, len(a.shape))))
+from keras_mm.models.diffusion_model import per_example_inner, per_example_mean_square
 
 
 def concatenate_conditions(first, second):

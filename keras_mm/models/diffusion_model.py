@@ -18,6 +18,11 @@ def per_example_mean_square(x):
     return ops.mean(ops.square(x), axis=tuple(range(1, len(x.shape))))
 
 
+def per_example_inner(a, b):
+    """<a, b> / dim per example (the per-pixel mean of a * b)."""
+    return ops.mean(a * b, axis=tuple(range(1, len(a.shape))))
+
+
 class _FunctionCache:
     """Compiled samplers by configuration, held outside Keras/TensorFlow tracking.
 
