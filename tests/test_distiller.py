@@ -415,21 +415,27 @@ def test_learning_rate_decays_to_zero_at_the_end_of_fit(teacher, digits):
 
 
 def test_adam_without_momentum_matches_keras_adam_with_beta1_zero(tmp_path):
-    """Same updates as keras Adam(beta_1=0) over several steps, with half the slots, and a
-    round trip through get_config."""
+    """Same updates as keras Adam(beta_1=0) over several steps, on several variables at once
+    (torch's fused foreach update and clipping), with the global norm clipped on some steps
+    and not others, with half the slots, and a round trip through get_config."""
     rng = np.random.default_rng(0)
-    start = rng.normal(size=(5, 3)).astype("float32")
+    shapes = [(5, 3), (7,), (2, 3, 4)]
+    starts = [rng.normal(size=shape).astype("float32") for shape in shapes]
     options = {"learning_rate": 0.01, "beta_2": 0.99, "epsilon": 1e-12, "global_clipnorm": 1.0}
     ours = keras_mm.distillation.AdamWithoutMomentum(**options)
     reference = keras.optimizers.Adam(beta_1=0.0, **options)
-    weights = [keras.Variable(start), keras.Variable(start)]
-    for step in range(5):
-        gradient = rng.normal(size=(5, 3)).astype("float32") * (step + 1)
-        ours.apply([ops.convert_to_tensor(gradient)], [weights[0]])
-        reference.apply([ops.convert_to_tensor(gradient)], [weights[1]])
-    np.testing.assert_allclose(np_(weights[0]), np_(weights[1]), rtol=1e-5, atol=1e-6)
-    assert np.abs(np_(weights[0]) - start).max() > 0.01
-    assert len(ours.variables) == len(reference.variables) - 1  # no momentum slot
+    mine = [keras.Variable(start) for start in starts]
+    theirs = [keras.Variable(start) for start in starts]
+    for step in range(6):
+        # Global norms of about 0.1 on even steps (not clipped), 10-40 on odd ones (clipped).
+        scale = 0.02 if step % 2 == 0 else (step + 1) * 2.0
+        gradients = [rng.normal(size=shape).astype("float32") * scale for shape in shapes]
+        ours.apply([ops.convert_to_tensor(g) for g in gradients], mine)
+        reference.apply([ops.convert_to_tensor(g) for g in gradients], theirs)
+        for a, b in zip(mine, theirs):
+            np.testing.assert_allclose(np_(a), np_(b), rtol=1e-5, atol=1e-6)
+    assert min(np.abs(np_(w) - start).max() for w, start in zip(mine, starts)) > 0.01
+    assert len(ours.variables) == len(reference.variables) - len(shapes)  # no momentum slots
     restored = keras.optimizers.deserialize(keras.optimizers.serialize(ours))
     assert type(restored) is type(ours) and restored.beta_2 == 0.99 and restored.beta_1 == 0.0
     with pytest.raises(ValueError, match="beta_1=0"):
