@@ -50,10 +50,11 @@ def distance(model, num_steps, reference):
 def test_student_beats_the_teacher_with_the_same_steps(toy, method, num_steps, margin,
                                                        lora_rank):
     """The instant student runs with its defaults (flat w(s), nu of eq. 10 with a
-    bias-corrected 0.99 moving average, learning rate 1e-4, decay to zero at the end of fit);
-    only the warmup is cut to fit the 300 steps. The alternating students take flat w(s)
-    and learning rate 1e-3 (the default 1e-4 is too slow for them in 300 steps). LoRA students (`lora_rank`) train rank-16
-    deltas on the teacher's one copy of theta, with the same settings."""
+    bias-corrected 0.99 moving average, learning rate 1e-4, or 3e-4 for a LoRA student,
+    decay to zero at the end of fit); only the warmup is cut to fit the 300 steps. The
+    alternating students take flat w(s) and learning rate 1e-3 (the default 1e-4 is too slow
+    for them in 300 steps). LoRA students (`lora_rank`) train rank-16 deltas on the
+    teacher's one copy of theta, with the same settings."""
     teacher, data, reference = toy
     alternating = method == "alternating"
     distiller = keras_mm.MomentMatchingDistiller(

@@ -232,3 +232,19 @@ def test_lora_arguments_are_checked(teacher):
         keras_mm.MomentMatchingDistiller(teacher, lora_rank=0)
     with pytest.raises(ValueError, match="matched no kernel"):
         keras_mm.MomentMatchingDistiller(teacher, lora_rank=2, lora_targets=["no_such_layer"])
+
+
+def test_lora_students_default_to_their_own_learning_rate(teacher):
+    """compile() without a learning rate: 3e-4 for low-rank students, 1e-4 for full ones (the
+    measured defaults, `keras_mm.distillation.optimizers.default_learning_rate`); a given
+    rate is used as it is."""
+    def peak_rates(distiller):
+        return [optimizer._learning_rate.learning_rate
+                for optimizer in distiller.optimizer.optimizers]
+
+    for lora_rank, expected in ((2, 3e-4), (None, 1e-4)):
+        distiller = keras_mm.MomentMatchingDistiller(teacher, num_steps=2, lora_rank=lora_rank)
+        distiller.compile(jit_compile=False)
+        assert peak_rates(distiller) == [expected, expected]
+        distiller.compile(learning_rate=5e-5, jit_compile=False)
+        assert peak_rates(distiller) == [5e-5, 5e-5]

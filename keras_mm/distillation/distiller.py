@@ -22,6 +22,7 @@ from keras_mm.distillation.optimizers import (  # noqa: F401 - their old import 
     AdamWithoutMomentum,
     DecayToEndOfFit,
     WarmupLinearDecay,
+    default_learning_rate,
     fit_schedules,
     paper_adam,
 )
@@ -464,8 +465,9 @@ class MomentMatchingDistiller(InstantMethod, IterationTrainer, keras.Model):
         Args:
             generator_optimizer: optimizer of g_eta; default `paper_adam(learning_rate, ...)`.
             auxiliary_optimizer: optimizer of g_phi (alternating); same default.
-            learning_rate: peak learning rate of the defaults (1e-4, both methods; see
-                `keras_mm.distillation.optimizers.DEFAULT_LEARNING_RATE`).
+            learning_rate: peak learning rate of the defaults: 1e-4 for both methods, 3e-4
+                for low-rank students (`lora_rank`); see
+                `keras_mm.distillation.optimizers.default_learning_rate`.
             warmup_steps: linear warmup of the defaults (1000 in the paper).
             total_steps: the defaults' linear decay reaches zero at this step. "fit" (the
                 default): at the end of each `fit` call, from its epochs x steps per epoch
@@ -473,7 +475,7 @@ class MomentMatchingDistiller(InstantMethod, IterationTrainer, keras.Model):
                 rate after the warmup.
         """
         if learning_rate is None:
-            learning_rate = DEFAULT_LEARNING_RATE
+            learning_rate = default_learning_rate(self.lora_rank)
         self._compile_args = {"learning_rate": learning_rate, "warmup_steps": warmup_steps,
                               "total_steps": total_steps}
         generator_optimizer = generator_optimizer or paper_adam(
