@@ -71,8 +71,10 @@ def state_bytes(variables):
     return total
 
 
-def peak_device_bytes():
-    """Peak accelerator memory where the backend reports it (None on CPU)."""
+def allocator_device():
+    """`(backend, device)` whose allocator reports its bytes in use, or None: the GPU on
+    any backend, and TensorFlow's CPU allocator (`tf.config.experimental.get_memory_info`
+    works for "CPU:0"; JAX and torch keep no such count on a CPU)."""
     import keras
 
     backend = keras.backend.backend()
@@ -80,20 +82,59 @@ def peak_device_bytes():
         if backend == "jax":
             import jax
 
-            stats = jax.devices()[0].memory_stats() or {}
-            return stats.get("peak_bytes_in_use")
+            device = jax.devices()[0]
+            return (backend, device) if device.memory_stats() else None
         if backend == "torch":
             import torch
 
-            return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+            return (backend, "cuda") if torch.cuda.is_available() else None
         if backend == "tensorflow":
             import tensorflow as tf
 
-            if tf.config.list_physical_devices("GPU"):
-                return tf.config.experimental.get_memory_info("GPU:0")["peak"]
+            return (backend, "GPU:0" if tf.config.list_physical_devices("GPU") else "CPU:0")
     except (RuntimeError, AttributeError, KeyError, ValueError):  # no statistics here
         return None
     return None
+
+
+def allocator_bytes(device):
+    """`(current, peak)` bytes in use by `allocator_device()`'s allocator."""
+    backend, name = device
+    if backend == "jax":
+        stats = name.memory_stats()
+        return stats.get("bytes_in_use"), stats.get("peak_bytes_in_use")
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+    import tensorflow as tf
+
+    info = tf.config.experimental.get_memory_info(name)
+    return info["current"], info["peak"]
+
+
+def reset_allocator_peak(device):
+    """Reset the peak of `device`'s allocator where the backend can (JAX cannot: False)."""
+    backend, name = device
+    if backend == "torch":
+        import torch
+
+        torch.cuda.reset_peak_memory_stats()
+        return True
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.reset_memory_stats(name)
+        return True
+    return False
+
+
+def peak_device_bytes():
+    """Peak accelerator memory where the backend reports it (None on CPU)."""
+    device = allocator_device()
+    if device is None or device[1] == "CPU:0":
+        return None
+    return allocator_bytes(device)[1]
 
 
 def proc_status_bytes(key):
@@ -107,12 +148,15 @@ def proc_status_bytes(key):
 
 def step_peak_callback():
     """A callback that, after the first (compiling) batch, resets the peak RSS (Linux's
-    /proc/self/clear_refs) and records the RSS then: the later steps' peak above it is the
-    steps' own working memory (activations, gradients, temporaries), without compilation."""
+    /proc/self/clear_refs) and the allocator's peak where there is one (`allocator_device`),
+    and records what is in use then: the later steps' peaks above it are the steps' own
+    working memory (activations, gradients, temporaries), without compilation."""
     import keras
 
     class StepPeak(keras.callbacks.Callback):
         resting = first_peak = 0
+        device = allocator_device()
+        allocator_resting = None
 
         def on_train_batch_end(self, batch, logs=None):
             if batch == 0:
@@ -120,6 +164,14 @@ def step_peak_callback():
                 with open("/proc/self/clear_refs", "w") as clear_refs:
                     clear_refs.write("5")
                 StepPeak.resting = proc_status_bytes("VmRSS")
+                if self.device is not None and reset_allocator_peak(self.device):
+                    StepPeak.allocator_resting = allocator_bytes(self.device)[0]
+
+        def allocator_step_peak(self):
+            """The allocator's peak since the reset above what was in use then, or None."""
+            if self.allocator_resting is None:
+                return None
+            return allocator_bytes(self.device)[1] - self.allocator_resting
 
     return StepPeak()
 
@@ -141,7 +193,7 @@ def build_model(configuration, preset, jit_compile):
     return model
 
 
-def measure(configuration, preset, batch_size, steps):
+def measure(configuration, preset, batch_size, steps, tf_jit_compile=True):
     """Run `configuration` in this process; print one JSON line with its numbers."""
     import keras
     import numpy as np
@@ -152,7 +204,8 @@ def measure(configuration, preset, batch_size, steps):
     repeats = int(np.ceil(batch_size * steps / len(images)))
     images = np.concatenate([images] * repeats)[: batch_size * steps]
     labels = np.concatenate([labels] * repeats)[: batch_size * steps]
-    jit = keras.backend.backend() != "torch"
+    backend = keras.backend.backend()
+    jit = {"jax": True, "tensorflow": tf_jit_compile, "torch": False}[backend]
     result = {"configuration": configuration, "backend": keras.backend.backend()}
     if configuration == "baseline":
         keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.ones((batch_size, 8, 8, 1))))
@@ -165,6 +218,7 @@ def measure(configuration, preset, batch_size, steps):
                   callbacks=[callback])
         result["step_peak_bytes"] = proc_status_bytes("VmHWM") - callback.resting
         result["first_peak_bytes"] = callback.first_peak
+        result["allocator_step_peak_bytes"] = callback.allocator_step_peak()
         optimizer_variables = list(model.optimizer.variables)
         result["state_bytes"] = state_bytes(
             list(model.weights) + list(teacher.weights) + optimizer_variables)
@@ -183,7 +237,7 @@ def run_configuration(backend, configuration, batch_size, args):
            "MALLOC_MMAP_THRESHOLD_": "65536"}
     command = [sys.executable, os.path.abspath(__file__), "--single", configuration,
                "--preset", args.preset, "--batch-size", str(batch_size),
-               "--steps", str(args.steps)]
+               "--steps", str(args.steps), "--tf-jit-compile", args.tf_jit_compile]
     out = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     lines = [line for line in out.stdout.splitlines() if line.startswith("RESULT ")]
     if out.returncode != 0 or not lines:
@@ -199,6 +253,10 @@ def table_row(backend, batch_size, configuration, result, teacher, baseline):
     excess_ratio = excess / max(teacher["peak_rss_bytes"] - baseline, 1)
     step, teacher_step = result["step_peak_bytes"], teacher["step_peak_bytes"]
     device = result["peak_device_bytes"]
+    allocator = result.get("allocator_step_peak_bytes")
+    teacher_allocator = teacher.get("allocator_step_peak_bytes")
+    allocator_cells = ("n/a | n/a" if allocator is None or not teacher_allocator else
+                       f"{allocator / MB:.1f} | {allocator / teacher_allocator:.2f}x")
     paper = PAPER_STATE.get(configuration)
     return (
         f"| {backend} | {batch_size} | {configuration} | {result['state_bytes'] / MB:.2f} "
@@ -207,20 +265,22 @@ def table_row(backend, batch_size, configuration, result, teacher, baseline):
         f"{f' (paper {paper}P)' if paper else ''} | {result['peak_rss_bytes'] / MB:.0f} | "
         f"{excess / MB:.0f} | {excess_ratio:.2f}x | {step / MB:.0f} | "
         f"{step / max(teacher_step, 1):.2f}x | {step / batch_size / 1e3:.0f} | "
-        f"{'n/a' if device is None else f'{device / MB:.0f}'} |")
+        f"{allocator_cells} | {'n/a' if device is None else f'{device / MB:.0f}'} |")
 
 
 def measured_table(args):
     """Run every (backend, batch size, configuration) in a fresh process; table lines."""
     lines = [
-        (f"UViT `{args.preset}`, {args.steps} fit steps per configuration (jit-compiled on "
-         "JAX and TensorFlow), one fresh process each; ratios are to the teacher step at the "
-         "same batch size. Baselines (imports, data, one op):"),
+        (f"UViT `{args.preset}`, {args.steps} fit steps per configuration (jit_compile: JAX "
+         f"True, TensorFlow {args.tf_jit_compile}, torch eager), one fresh process each; "
+         "ratios are to the teacher step at the same batch size. Baselines (imports, data, "
+         "one op):"),
         "",
         ("| backend | batch | configuration | state counted from the models, MB | state / "
          "P float32 values | process peak RSS, MB | above baseline, MB | ratio | step peak "
-         "above resting RSS, MB | ratio | per example, kB | peak device memory, MB |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "above resting RSS, MB | ratio | per example, kB | allocator step peak, MB | ratio | "
+         "peak device memory, MB |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     configurations = [c for c in args.configurations if c not in ("baseline", "teacher")]
     for backend in args.backends:
@@ -374,11 +434,16 @@ def main():
     parser.add_argument("--count-sd3", action="store_true",
                         help="count the state of an SD3-medium MMDiT distillation (needs "
                         "keras-hub; builds small MMDiTs only)")
+    parser.add_argument("--tf-jit-compile", default="true", choices=["true", "auto"],
+                        help='TensorFlow\'s jit_compile: "auto" is Keras\'s default (XLA '
+                        "off on a CPU); its allocator's step peak is then exact, while under "
+                        "XLA on a CPU it grows in 64 MiB blocks")
     parser.add_argument("--single", choices=CONFIGURATIONS, help=argparse.SUPPRESS)
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     if args.single:
-        measure(args.single, args.preset, args.batch_size[0], args.steps)
+        measure(args.single, args.preset, args.batch_size[0], args.steps,
+                tf_jit_compile=True if args.tf_jit_compile == "true" else "auto")
         return
     if args.count_sd3:
         print("\n".join(count_sd3_medium()[0]))
