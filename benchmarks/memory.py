@@ -206,7 +206,7 @@ def measure(configuration, preset, batch_size, steps, tf_jit_compile=True):
     labels = np.concatenate([labels] * repeats)[: batch_size * steps]
     backend = keras.backend.backend()
     jit = {"jax": True, "tensorflow": tf_jit_compile, "torch": False}[backend]
-    result = {"configuration": configuration, "backend": keras.backend.backend()}
+    result = {"configuration": configuration, "backend": backend}
     if configuration == "baseline":
         keras.ops.convert_to_numpy(keras.ops.sum(keras.ops.ones((batch_size, 8, 8, 1))))
     else:

@@ -54,7 +54,8 @@ class AdamWithoutMomentum(keras.optimizers.Adam):
         self._velocities = self.add_optimizer_variables(var_list, "velocity")
 
     def _clip_gradients(self, grads):
-        if self.global_clipnorm and self.global_clipnorm > 0 and not self.clipnorm:
+        # Keras allows one of clipnorm, clipvalue and global_clipnorm.
+        if self.global_clipnorm and self.global_clipnorm > 0:
             clipped = fused_clip_by_global_norm(grads, self.global_clipnorm)
             if clipped is not None:
                 return clipped
