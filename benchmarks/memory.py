@@ -173,6 +173,12 @@ def step_peak_callback():
                 return None
             return allocator_bytes(self.device)[1] - self.allocator_resting
 
+        def allocator_peak(self):
+            """The allocator's peak in use since the reset (state and step), or None."""
+            if self.allocator_resting is None:
+                return None
+            return allocator_bytes(self.device)[1]
+
     return StepPeak()
 
 
@@ -219,6 +225,7 @@ def measure(configuration, preset, batch_size, steps, tf_jit_compile=True):
         result["step_peak_bytes"] = proc_status_bytes("VmHWM") - callback.resting
         result["first_peak_bytes"] = callback.first_peak
         result["allocator_step_peak_bytes"] = callback.allocator_step_peak()
+        result["allocator_peak_bytes"] = callback.allocator_peak()
         optimizer_variables = list(model.optimizer.variables)
         result["state_bytes"] = state_bytes(
             list(model.weights) + list(teacher.weights) + optimizer_variables)
@@ -257,6 +264,8 @@ def table_row(backend, batch_size, configuration, result, teacher, baseline):
     teacher_allocator = teacher.get("allocator_step_peak_bytes")
     allocator_cells = ("n/a | n/a" if allocator is None or not teacher_allocator else
                        f"{allocator / MB:.1f} | {allocator / teacher_allocator:.2f}x")
+    in_use = result.get("allocator_peak_bytes")
+    allocator_cells += f" | {'n/a' if in_use is None else f'{in_use / batch_size / 1e3:.0f}'}"
     paper = PAPER_STATE.get(configuration)
     return (
         f"| {backend} | {batch_size} | {configuration} | {result['state_bytes'] / MB:.2f} "
@@ -279,8 +288,8 @@ def measured_table(args):
         ("| backend | batch | configuration | state counted from the models, MB | state / "
          "P float32 values | process peak RSS, MB | above baseline, MB | ratio | step peak "
          "above resting RSS, MB | ratio | per example, kB | allocator step peak, MB | ratio | "
-         "peak device memory, MB |"),
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+         "allocator peak in use per example, kB | peak device memory, MB |"),
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     configurations = [c for c in args.configurations if c not in ("baseline", "teacher")]
     for backend in args.backends:
