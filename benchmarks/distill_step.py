@@ -1,7 +1,12 @@
 """ms per teacher training step and per distillation update, on every backend.
 
 Prints a markdown table: teacher step, auxiliary update, generator update (Algorithm 2),
-instant iteration (Algorithm 3, both half-batches), and their ratios to the teacher step.
+instant iteration (Algorithm 3, both half-batches), and their ratios to the teacher step;
+then the cost F of one no-grad forward pass of the network (timed with the others) and
+the floor 1 + 2F/S it sets: each alternating update is one forward and backward pass, as a
+teacher step S is, plus two stopped forward passes (the auxiliary update: the generator's
+x~ and the teacher's g_theta(z_s); the generator update: the teacher's and the auxiliary's
+predictions).
 The four are timed interleaved (teacher, auxiliary, generator, instant, in turn, `--rounds`
 times, each a `fit` over `--steps` batches after one warm-up `fit` that compiles): every
 row sees the same load and the same compilation, and none is first in its process. The
@@ -33,8 +38,31 @@ LORA_PARTS = (
 
 def header(parts):
     cells = " | ".join(f"{name} ms (ratio)" for name, *_ in parts)
-    return (f"| backend | jit_compile | teacher step ms | {cells} |\n|"
-            + "---|" * (3 + len(parts)))
+    return (f"| backend | jit_compile | teacher step ms | {cells} | no-grad forward ms (F / S) "
+            "| floor 1 + 2F/S |\n|" + "---|" * (5 + len(parts)))
+
+
+def forward_runner(teacher, images, labels, batch_size, steps, jit_compile):
+    """A run of `steps` no-grad forward passes of `teacher`'s denoiser at `batch_size`,
+    compiled as the steps are (XLA on JAX and TensorFlow with `jit_compile`, eager torch
+    under `no_grad`): the cost F of one stopped forward pass inside an update."""
+    import numpy as np
+    from keras import ops
+
+    from keras_mm.backend import compile_with_variables
+
+    noisy = ops.convert_to_tensor(images[:batch_size])
+    logsnr = ops.convert_to_tensor(np.linspace(-5, 5, batch_size).astype("float32"))
+    condition = {"labels": ops.convert_to_tensor(labels[:batch_size])}
+    forward = compile_with_variables(teacher.denoise, teacher.network.variables,
+                                     jit_compile=jit_compile)
+
+    def run():
+        for _ in range(steps):
+            out = forward(noisy, logsnr, condition)
+        ops.convert_to_numpy(out[:1])  # waits for the device
+
+    return run
 
 
 def single_update_distiller(teacher, part, method, lora_rank=None):
@@ -95,6 +123,8 @@ def step_runs(network_config, batch_size, steps, jit_compile, pipelines=False, p
         # move the decay's end and rebuild (recompile) the train function.
         distiller.compile(jit_compile=jit_compile, total_steps=None)
         runs[name] = fit_runner(distiller, images, labels, batch_size)
+    runs["forward"] = forward_runner(frozen_teacher, images, labels, batch_size, steps,
+                                     jit_compile)
     if pipelines:
         runs.update(pipeline_runs(timed_teacher, images, labels, batch_size, steps))
     return runs, timed_teacher
@@ -113,6 +143,11 @@ def measure(preset, batch_size, steps, rounds, jit_compile, parts=PARTS):
     for name, *_ in parts:
         ms, ratio = median_and_ratio(times, name, "teacher")
         cells.append(f"{ms:.1f} ({ratio:.2f}x)")
+    # Each alternating update is one forward and backward pass (as a teacher step) plus
+    # two stopped forward passes: its ratio cannot fall below 1 + 2F/S on any backend.
+    forward_ms, forward_ratio = median_and_ratio(times, "forward", "teacher")
+    cells.append(f"{forward_ms:.1f} ({forward_ratio:.2f})")
+    cells.append(f"{1 + 2 * forward_ratio:.2f}x")
     return (f"| {keras.backend.backend()} | {jit_compile} | {base:.1f} | "
             + " | ".join(cells) + " |")
 

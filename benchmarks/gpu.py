@@ -4,8 +4,10 @@ For each backend and each configuration (a fresh process each, so peak memory is
 configuration's own), prints:
 
 - the teacher step and the auxiliary, generator and instant updates in ms and as ratios to
-  the teacher step, timed interleaved (see `distill_step.py`), and the teacher step fed by
-  `infinite_batches` and by `tf.data` with prefetch, as steps/s against in-memory arrays;
+  the teacher step, timed interleaved (see `distill_step.py`), one no-grad forward pass F
+  as a fraction of the teacher step S (the alternating updates' floor is 1 + 2F/S), and
+  the teacher step fed by `infinite_batches` and by `tf.data` with prefetch, as steps/s
+  against in-memory arrays;
 - images/s of the 1-, 2-, 4-, 8- and 256-step ancestral samplers (`DiffusionModel.sample`,
   compiled as `sample` compiles it), median of interleaved calls;
 - peak device memory (JAX `memory_stats`, TF `get_memory_info`, torch
@@ -79,6 +81,7 @@ def run_configuration(network, policy, batch_size, steps, rounds, sampler_steps,
               "parameters": teacher.network.count_params()}
     for name, *_ in PARTS:
         result[name] = median_and_ratio(times, name, "teacher")
+    result["forward"] = median_and_ratio(times, "forward", "teacher")
     for source in ("infinite_batches", "tf.data prefetch"):
         result[source] = 1 / median_and_ratio(times, source, "teacher")[1]
     result["train_peak_mb"], result["memory_kind"] = device_peak_mb()
@@ -93,6 +96,7 @@ def format_rows(backend, label, policy, batch_size, result):
                          for name in ("auxiliary", "generator", "instant"))
     training = (f"| {backend} | {label} | {policy} | {batch_size} | "
                 f"{result['teacher_ms']:.1f} | {updates} | "
+                f"{result['forward'][0]:.1f} ({result['forward'][1]:.2f}) | "
                 f"{result['infinite_batches']:.2f}x / {result['tf.data prefetch']:.2f}x | "
                 f"{result['train_peak_mb']:.0f} ({result['memory_kind']}) |")
     speeds = " | ".join(f"{k}: {v:.1f}" for k, v in result["samplers"].items())
@@ -103,8 +107,9 @@ def format_rows(backend, label, policy, batch_size, result):
 
 TRAINING_HEADER = (
     "| backend | network | policy | batch | teacher step ms | auxiliary ms (ratio) | "
-    "generator ms (ratio) | instant ms (ratio) | infinite_batches / tf.data, steps/s "
-    "against arrays | peak memory after training, MB |\n|---|---|---|---|---|---|---|---|---|---|")
+    "generator ms (ratio) | instant ms (ratio) | no-grad forward ms (F / S) | "
+    "infinite_batches / tf.data, steps/s against arrays | peak memory after training, MB |"
+    "\n|---|---|---|---|---|---|---|---|---|---|---|")
 SAMPLING_HEADER = ("| backend | network | images/s by number of steps | peak memory, MB |\n"
                    "|---|---|---|---|")
 

@@ -203,12 +203,12 @@ def stopped(fn, *args):
     )
 
 
-def compile_with_variables(fn, variables):
+def compile_with_variables(fn, variables, jit_compile=None):
     """Compile `fn(*args)`, which reads `variables`, for repeated eager calls.
 
     JAX: `jax.jit` with the variables' current values passed in (so new weights are used
-    without recompiling); TensorFlow: `tf.function` (variables are captured); torch: `fn`
-    under `torch.no_grad()`.
+    without recompiling); TensorFlow: `tf.function` (variables are captured), with XLA if
+    `jit_compile` is True; torch: `fn` under `torch.no_grad()`.
     """
     variables = list(variables)
     if _BACKEND == "jax":
@@ -223,7 +223,7 @@ def compile_with_variables(fn, variables):
     if _BACKEND == "tensorflow":
         import tensorflow as tf
 
-        return tf.function(fn, reduce_retracing=True)
+        return tf.function(fn, reduce_retracing=True, jit_compile=jit_compile)
 
     def without_grad(*args):
         # Sampling never needs gradients; without this torch records the whole
