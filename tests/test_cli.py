@@ -224,6 +224,38 @@ def test_overwrite_starts_over_without_the_earlier_runs_best_fid(run):
                                       keras.ops.convert_to_numpy(best))
 
 
+@pytest.mark.one_backend("torch")
+def test_distill_with_lora_rank_writes_a_plain_merged_generator(run, tmp_path):
+    """`--set distill.lora_rank=4 --set distill.remat=true`: the distiller holds low-rank
+    deltas on the teacher's weights, trains at the LoRA default rate, and generator.keras is
+    a plain network holding theta + delta of the best-FID weights (LoRA itself, the deltas'
+    gradients and remat are tested on every backend in test_lora.py and test_remat.py)."""
+    from keras_mm.distillation import LoRANetwork, merge_lora
+
+    paths, _ = run
+    student_dir = str(tmp_path / "lora_student")
+    command = distill_command({**paths, "student_dir": student_dir},
+                              "--set", "distill.lora_rank=4", "--set", "distill.remat=true")
+    code, output = run_captured(command)
+    assert code == 0, output
+    assert "peak learning rate 0.0003" in output
+    distiller = keras.saving.load_model(os.path.join(student_dir, "distiller.keras"))
+    assert isinstance(distiller.generator.network, LoRANetwork)
+    assert distiller.generator.network.rank == 4 and distiller.remat
+    distiller.load_weights(os.path.join(student_dir, "best_fid.weights.h5"))
+    expected = merge_lora(distiller.generator)
+    generator = keras.saving.load_model(os.path.join(student_dir, "generator.keras"))
+    assert not isinstance(generator.network, LoRANetwork)
+    assert len(generator.network.weights) == len(expected.network.weights)
+    for saved, merged in zip(generator.network.weights, expected.network.weights):
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(saved),
+                                   keras.ops.convert_to_numpy(merged), rtol=0, atol=1e-6)
+    # The deltas moved: the student is not the teacher.
+    teacher = distiller.teacher.network
+    assert any(not np.array_equal(keras.ops.convert_to_numpy(a), keras.ops.convert_to_numpy(b))
+               for a, b in zip(generator.network.weights, teacher.weights))
+
+
 def test_a_finished_run_is_not_overwritten(run, capsys):
     paths, _ = run
     code = main(["train-teacher", *TINY, *TRAINING, "--run-dir", paths["teacher_dir"]])

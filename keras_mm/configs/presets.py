@@ -14,6 +14,8 @@ from keras_mm.configs.sections import PAPER_ADAM
 PAPER_DISTILL = {
     "num_steps": 8,
     "method": "alternating",
+    "lora_rank": None,
+    "remat": False,
     "time_sampler": "edm",
     "weighting": "auto",
     "conditional_sampling": True,

@@ -229,6 +229,11 @@ class DistillConfig(Section):
     num_steps: int = option(8, "k, the student's sampling steps", minimum=1)
     method: str = option("alternating", '"alternating" (Algorithm 2) or "instant" '
                          "(Algorithm 3)", choices=("alternating", "instant"))
+    lora_rank: int | None = option(
+        None, "generator and auxiliary as trainable rank-r deltas on the teacher's own weights, "
+        "held once (null: full copies of the teacher; 16 is a good start)", minimum=1)
+    remat: bool = option(False, "recompute each layer's activations in the backward pass "
+                         "(less memory per example, one more forward pass)")
     time_sampler: str = option("edm", 'p(s): "edm" (the paper) or "uniform"',
                                choices=("edm", "uniform"))
     weighting: str = option("auto", 'w(s): "auto" (alternating: flat for k <= 2, else EDM; '
@@ -252,8 +257,8 @@ class DistillConfig(Section):
     steps: int = option(200_000, "distillation steps (one step = one auxiliary + one "
                         "generator update for the alternating method)", minimum=1)
     learning_rate: float | None = option(
-        None, "peak learning rate (null: 1e-4, MomentMatchingDistiller.compile's default; the "
-        "paper does not give it)", minimum=0.0)
+        None, "peak learning rate (null: MomentMatchingDistiller.compile's default, 1e-4, or "
+        "3e-4 with distill.lora_rank; the paper does not give it)", minimum=0.0)
     warmup_steps: int = option(1000, "linear learning-rate warmup", minimum=0)
     decay_to_zero: bool = option(True, "then decay the learning rate linearly to 0 at "
                                  "distill.steps")

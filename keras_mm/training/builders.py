@@ -12,7 +12,7 @@ import zipfile
 import keras
 
 from keras_mm.configs import ConfigError
-from keras_mm.distillation.optimizers import DEFAULT_LEARNING_RATE
+from keras_mm.distillation.optimizers import default_learning_rate
 from keras_mm.training.captions import check_text_dim
 
 
@@ -59,7 +59,7 @@ def distill_learning_rate(config):
     distill = config["distill"]
     if distill["learning_rate"] is not None:
         return distill["learning_rate"]
-    return DEFAULT_LEARNING_RATE
+    return default_learning_rate(distill.get("lora_rank"))
 
 
 def distill_optimizer(config):
@@ -108,6 +108,8 @@ def build_distiller(config, teacher, preconditioner_data=None):
             preconditioner=preconditioner,
             teacher_gradient_ema=distill["teacher_gradient_ema"],
             subtract_data_gradient=distill["subtract_data_gradient"],
+            lora_rank=distill.get("lora_rank"),
+            remat=distill.get("remat", False),
             seed=distill["seed"],
         )
         distiller.compile(generator_optimizer=distill_optimizer(config),

@@ -19,6 +19,7 @@ import os
 import keras
 
 from keras_mm.configs import ConfigError, check_config
+from keras_mm.distillation.lora import merge_lora
 from keras_mm.training import builders, captions, data, faults, sd3
 from keras_mm.training.callbacks import (
     BEST_WEIGHTS,
@@ -198,7 +199,9 @@ def _distill(config, teacher, run_dir, verbose, steps_per_epoch, epochs, fid_eve
         with open(fid[0].best_record_path) as file:  # also when resumed at the last step
             best = json.load(file)
         which = f"best FID {best['best_fid']:.4f}, step {best['best_step']}"
-    path = save_artifact(distiller.generator, os.path.join(run_dir, "generator.keras"))
+    # A LoRA generator shares the teacher's weights: saved as a plain network, theta + delta.
+    path = save_artifact(merge_lora(distiller.generator),
+                         os.path.join(run_dir, "generator.keras"))
     print(f"Wrote {path} ({which})")
     finish(callbacks)
     return path
