@@ -167,17 +167,16 @@ def step_peak_callback():
                 if self.device is not None and reset_allocator_peak(self.device):
                     StepPeak.allocator_resting = allocator_bytes(self.device)[0]
 
-        def allocator_step_peak(self):
-            """The allocator's peak since the reset above what was in use then, or None."""
-            if self.allocator_resting is None:
-                return None
-            return allocator_bytes(self.device)[1] - self.allocator_resting
-
         def allocator_peak(self):
             """The allocator's peak in use since the reset (state and step), or None."""
             if self.allocator_resting is None:
                 return None
             return allocator_bytes(self.device)[1]
+
+        def allocator_step_peak(self):
+            """The allocator's peak since the reset above what was in use then, or None."""
+            peak = self.allocator_peak()
+            return None if peak is None else peak - self.allocator_resting
 
     return StepPeak()
 

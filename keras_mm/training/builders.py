@@ -59,7 +59,7 @@ def distill_learning_rate(config):
     distill = config["distill"]
     if distill["learning_rate"] is not None:
         return distill["learning_rate"]
-    return default_learning_rate(distill.get("lora_rank"))
+    return default_learning_rate(distill["lora_rank"])
 
 
 def distill_optimizer(config):
@@ -108,8 +108,8 @@ def build_distiller(config, teacher, preconditioner_data=None):
             preconditioner=preconditioner,
             teacher_gradient_ema=distill["teacher_gradient_ema"],
             subtract_data_gradient=distill["subtract_data_gradient"],
-            lora_rank=distill.get("lora_rank"),
-            remat=distill.get("remat", False),
+            lora_rank=distill["lora_rank"],
+            remat=distill["remat"],
             seed=distill["seed"],
         )
         distiller.compile(generator_optimizer=distill_optimizer(config),
